@@ -1,0 +1,517 @@
+"""``SGLangClient``: one async method per SGLang endpoint.
+
+Each method builds a JSON body, calls the pipeline in ``_http.py``, and parses the answer into a
+typed model; retries, timeouts, auth and error mapping all live in the pipeline.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import ValidationError
+
+from sglang_client._defaults import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BASE_DELAY,
+    DEFAULT_RETRY_MAX_DELAY,
+    DEFAULT_TIMEOUT,
+    NOT_GIVEN,
+    NotGiven,
+)
+from sglang_client._http import HTTPPipeline, TimeoutTypes
+from sglang_client._retry import RetryPolicy
+from sglang_client.errors import APITimeoutError, NotFoundError, SGLangError, StreamError
+from sglang_client.streaming import AsyncStream, DeltaTracker, raise_for_event
+from sglang_client.types import (
+    GENERATE_MANY,
+    GENERATE_ONE,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChunk,
+    GenerateResponse,
+    HealthStatus,
+    ModelInfo,
+    ServerInfo,
+    StreamChunk,
+)
+
+if TYPE_CHECKING:
+    import httpx
+    from pydantic import BaseModel
+
+__all__ = ["SGLangClient"]
+
+JSONDict = dict[str, Any]
+Messages = Sequence[Mapping[str, Any]]
+
+
+class _State(enum.Enum):
+    OPEN = 1
+    CLOSED = 2
+
+
+class SGLangClient:
+    """Async client for an SGLang server's native and OpenAI-compatible HTTP API.
+
+    One pooled connection set serves every call; use it as ``async with`` or call ``aclose()``.
+
+    Example:
+        ```python
+        async with SGLangClient("http://127.0.0.1:30000") as client:
+            r = await client.generate("The capital of France is",
+                                      sampling_params={"temperature": 0, "max_new_tokens": 16})
+            print(r.text, r.meta_info.cached_tokens)
+        ```
+
+    Args:
+        base_url: the server root, e.g. ``http://127.0.0.1:30000``.
+        timeout: default per-operation timeout in seconds (connect, read, write, pool); ``None``
+            disables it. Every method also takes ``timeout=``.
+        max_connections: connection pool size.
+        max_retries: retries after the first attempt for connection errors, timeouts before any
+            response byte, and 502/503/504.
+        api_key: sent as ``Authorization: Bearer <key>`` (SGLang's ``--api-key``).
+        headers: extra headers sent with every request.
+        retry_base_delay: first backoff bound in seconds (doubles per retry, full jitter).
+        retry_max_delay: cap on one backoff.
+        transport: an ``httpx`` transport to use instead of the default aiohttp-backed one.
+        http_client: an ``httpx.AsyncClient`` to borrow; the client never closes it.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:30000",
+        *,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_base_delay: float = DEFAULT_RETRY_BASE_DELAY,
+        retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        self._options: JSONDict = {
+            "timeout": timeout,
+            "max_connections": max_connections,
+            "max_retries": max_retries,
+            "api_key": api_key,
+            "headers": dict(headers or {}),
+            "retry_base_delay": retry_base_delay,
+            "retry_max_delay": retry_max_delay,
+        }
+        self._http = HTTPPipeline(
+            base_url,
+            timeout=timeout,
+            max_connections=max_connections,
+            retry=RetryPolicy(max_retries, retry_base_delay, retry_max_delay),
+            api_key=api_key,
+            headers=headers,
+            transport=transport,
+            http_client=http_client,
+        )
+        self._state = _State.OPEN
+
+    @property
+    def base_url(self) -> str:
+        """The server root this client talks to."""
+        return self._http.base_url
+
+    def with_options(
+        self,
+        base_url: str | None = None,
+        *,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        max_connections: int | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        api_key: str | None | NotGiven = NOT_GIVEN,
+        headers: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
+        retry_base_delay: float | NotGiven = NOT_GIVEN,
+        retry_max_delay: float | NotGiven = NOT_GIVEN,
+        transport: httpx.AsyncBaseTransport | None | NotGiven = NOT_GIVEN,
+        http_client: httpx.AsyncClient | None | NotGiven = NOT_GIVEN,
+    ) -> SGLangClient:
+        """Return a client with some options changed that shares this one's connection pool.
+
+        The copy borrows the pool: closing it does not close the original.
+        """
+        given = {
+            "timeout": timeout,
+            "max_connections": max_connections,
+            "max_retries": max_retries,
+            "api_key": api_key,
+            "headers": headers,
+            "retry_base_delay": retry_base_delay,
+            "retry_max_delay": retry_max_delay,
+        }
+        options = {**self._options, **{k: v for k, v in given.items() if v is not NOT_GIVEN}}
+        if not isinstance(transport, NotGiven) and transport is not None:
+            return SGLangClient(base_url or self.base_url, transport=transport, **options)
+        shared = self._http.client if isinstance(http_client, NotGiven) else http_client
+        return SGLangClient(base_url or self.base_url, http_client=shared, **options)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> SGLangClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (if this client created it). Safe to call twice."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        await self._http.aclose()
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("This SGLangClient has been closed; create a new one.")
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _post_json(
+        self, path: str, body: object, timeout: TimeoutTypes | NotGiven
+    ) -> httpx.Response:
+        self._check_open()
+        return await self._http.request("POST", path, body=body, timeout=timeout)
+
+    async def _get(self, path: str, timeout: TimeoutTypes | NotGiven) -> httpx.Response:
+        self._check_open()
+        return await self._http.request("GET", path, timeout=timeout)
+
+    def _stream(
+        self, path: str, body: JSONDict, timeout: TimeoutTypes | NotGiven, parse: Any
+    ) -> AsyncStream[Any]:
+        self._check_open()
+
+        async def open_response() -> httpx.Response:
+            self._check_open()
+            return await self._http.open("POST", path, body=body, timeout=timeout)
+
+        return AsyncStream(open_response, parse, self._http.iter_bytes)
+
+    @staticmethod
+    def _validate(model: type[BaseModel], content: bytes, what: str) -> Any:
+        try:
+            return model.model_validate_json(content)
+        except ValidationError as exc:
+            raise SGLangError(f"unexpected response from {what}: {exc}") from exc
+
+    # ---------------------------------------------------------------- native API
+
+    @staticmethod
+    def _generate_body(
+        text: str | Sequence[str] | None,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None,
+        sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+        rid: str | Sequence[str] | None,
+        extra: Mapping[str, object],
+    ) -> JSONDict:
+        body: JSONDict = dict(extra)
+        if text is not None:
+            body["text"] = text if isinstance(text, str) else list(text)
+        if input_ids is not None:
+            body["input_ids"] = input_ids
+        if sampling_params is not None:
+            body["sampling_params"] = sampling_params
+        if rid is not None:
+            body["rid"] = rid
+        return body
+
+    async def generate(
+        self,
+        text: str | Sequence[str] | None = None,
+        *,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        rid: str | Sequence[str] | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        **extra: object,
+    ) -> GenerateResponse | list[GenerateResponse]:
+        """Generate with native ``/generate``.
+
+        Returns one ``GenerateResponse`` for a single prompt with ``n == 1``, and a list (input
+        order; prompt-major for ``n > 1``) exactly when SGLang answers with a JSON array: a list of
+        texts (even of length 1), ``input_ids`` as a list of lists, or ``sampling_params.n > 1``.
+
+        Args:
+            text: a prompt or a list of prompts.
+            input_ids: token ids, or a list of token-id lists, instead of ``text``.
+            sampling_params: SGLang sampling keys (``max_new_tokens``, ``temperature``, ``top_p``,
+                ``top_k``, ``stop``, ``n``, ``sampling_seed``, ...).
+            rid: request id(s); becomes ``meta_info.id`` (not with ``n > 1``).
+            timeout: overrides the client's timeout for this call.
+            **extra: any other ``/generate`` field (``return_logprob``, ``session_params``, ...).
+
+        Raises:
+            BadRequestError: the server rejected the request (message from the server).
+        """
+        body = self._generate_body(text, input_ids, sampling_params, rid, extra)
+        body.pop("stream", None)
+        response = await self._post_json("/generate", body, timeout)
+        content = response.content
+        try:
+            if content.lstrip()[:1] == b"[":
+                return GENERATE_MANY.validate_json(content)
+            return GENERATE_ONE.validate_json(content)
+        except ValidationError as exc:
+            raise SGLangError(f"unexpected response from /generate: {exc}") from exc
+
+    def generate_stream(
+        self,
+        text: str | Sequence[str] | None = None,
+        *,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        rid: str | Sequence[str] | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        **extra: object,
+    ) -> AsyncStream[StreamChunk]:
+        """Stream native ``/generate`` output as ``StreamChunk`` objects.
+
+        Works the same whether the server streams cumulative text (the default) or deltas
+        (``--incremental-streaming-output``): ``chunk.delta`` is always the new text and
+        ``chunk.text`` all text so far for ``chunk.index``.
+
+        Example:
+            ```python
+            async for chunk in client.generate_stream("Tell me a story"):
+                print(chunk.delta, end="")
+            ```
+
+        Raises:
+            StreamError: an error event arrived in the stream, or it was cut short.
+            APIStatusError: the request failed, or an abort carried an HTTP status (e.g. 503).
+        """
+        body = self._generate_body(text, input_ids, sampling_params, rid, extra)
+        body["stream"] = True
+        tracker = DeltaTracker()
+
+        def parse(data: str) -> StreamChunk:
+            payload = _load_event(data)
+            raise_for_event(payload)
+            if "meta_info" not in payload:
+                raise StreamError(f"unexpected event in /generate stream: {data[:200]}")
+            return tracker.update(payload)
+
+        return self._stream("/generate", body, timeout, parse)
+
+    async def health(self, *, timeout: float = 5.0) -> HealthStatus:
+        """Check ``GET /health`` once; never raises.
+
+        Returns:
+            ``HealthStatus(available, latency, error, status_code)``.
+        """
+        started = time.perf_counter()
+        try:
+            self._check_open()
+            response = await self._http.client.get(
+                self.base_url + "/health", headers=self._http._headers, timeout=timeout
+            )
+        except Exception as exc:
+            return HealthStatus(
+                available=False,
+                latency=time.perf_counter() - started,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        latency = time.perf_counter() - started
+        ok = response.status_code == 200
+        error = None if ok else (response.text.strip() or f"HTTP {response.status_code}")
+        return HealthStatus(
+            available=ok, latency=latency, error=error, status_code=response.status_code
+        )
+
+    async def wait_for_ready(self, timeout: float = 120.0, *, interval: float = 0.5) -> None:
+        """Poll ``/health`` until the server answers 200.
+
+        Raises:
+            APITimeoutError: the server was not ready within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        last: HealthStatus | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            last = await self.health(timeout=max(0.05, min(5.0, remaining)))
+            if last.available:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await anyio.sleep(min(interval, remaining))
+        detail = f" (last: {last.error})" if last is not None and last.error else ""
+        raise APITimeoutError(f"{self.base_url} was not ready after {timeout:g} s{detail}")
+
+    async def _get_with_fallback(
+        self, path: str, old_path: str, timeout: TimeoutTypes | NotGiven
+    ) -> httpx.Response:
+        try:
+            return await self._get(path, timeout)
+        except NotFoundError:
+            # Older SGLang releases only serve the get_-prefixed route.
+            return await self._get(old_path, timeout)
+
+    async def get_model_info(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ModelInfo:
+        """``GET /model_info`` (``/get_model_info`` on older servers)."""
+        response = await self._get_with_fallback("/model_info", "/get_model_info", timeout)
+        result: ModelInfo = self._validate(ModelInfo, response.content, "/model_info")
+        return result
+
+    async def get_server_info(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ServerInfo:
+        """``GET /server_info`` (``/get_server_info`` on older servers)."""
+        response = await self._get_with_fallback("/server_info", "/get_server_info", timeout)
+        result: ServerInfo = self._validate(ServerInfo, response.content, "/server_info")
+        return result
+
+    async def flush_cache(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> str:
+        """Empty the server's radix (prefix) cache; returns the server's message."""
+        response = await self._post_json("/flush_cache", None, timeout)
+        return response.text
+
+    async def abort_request(
+        self,
+        rid: str = "",
+        *,
+        abort_all: bool = False,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> None:
+        """Abort an in-flight request by rid (or all of them)."""
+        await self._post_json("/abort_request", {"rid": rid, "abort_all": abort_all}, timeout)
+
+    async def open_session(
+        self,
+        capacity_of_str_len: int = 65536,
+        *,
+        session_id: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> str:
+        """Open a server-side session (``/open_session``); returns its id."""
+        body: JSONDict = {"capacity_of_str_len": capacity_of_str_len}
+        if session_id is not None:
+            body["session_id"] = session_id
+        response = await self._post_json("/open_session", body, timeout)
+        value = json.loads(response.content)
+        if not isinstance(value, str):
+            raise SGLangError(f"unexpected response from /open_session: {value!r}")
+        return value
+
+    async def close_session(
+        self, session_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> None:
+        """Close a server-side session (``/close_session``); unknown ids are fine."""
+        await self._post_json("/close_session", {"session_id": session_id}, timeout)
+
+    # ---------------------------------------------------------------- OpenAI-compatible API
+
+    async def chat_completion(
+        self,
+        messages: Messages,
+        *,
+        model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        **params: object,
+    ) -> ChatCompletion:
+        """``POST /v1/chat/completions`` (non-streaming).
+
+        Args:
+            messages: OpenAI-style messages (``{"role": ..., "content": ...}``).
+            model: echoed by SGLang (it serves one model).
+            **params: ``max_tokens``, ``temperature``, ``top_p``, ``n``, ``stop``, ``seed``, and
+                SGLang's extras (``top_k``, ``regex``, ...).
+        """
+        body: JSONDict = {**params, "messages": list(messages), "model": model}
+        body.pop("stream", None)
+        response = await self._post_json("/v1/chat/completions", body, timeout)
+        result: ChatCompletion = self._validate(
+            ChatCompletion, response.content, "/v1/chat/completions"
+        )
+        return result
+
+    def chat_completion_stream(
+        self,
+        messages: Messages,
+        *,
+        model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        **params: object,
+    ) -> AsyncStream[ChatCompletionChunk]:
+        """Stream ``/v1/chat/completions``: ``ChatCompletionChunk`` objects with ``delta``s."""
+        body: JSONDict = {**params, "messages": list(messages), "model": model, "stream": True}
+        return self._stream(
+            "/v1/chat/completions", body, timeout, _openai_parser(ChatCompletionChunk)
+        )
+
+    async def completion(
+        self,
+        prompt: str | Sequence[str] | Sequence[int],
+        *,
+        model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        **params: object,
+    ) -> Completion:
+        """``POST /v1/completions`` (non-streaming); SGLang's default ``max_tokens`` is 16."""
+        body: JSONDict = {**params, "prompt": _prompt(prompt), "model": model}
+        body.pop("stream", None)
+        response = await self._post_json("/v1/completions", body, timeout)
+        result: Completion = self._validate(Completion, response.content, "/v1/completions")
+        return result
+
+    def completion_stream(
+        self,
+        prompt: str | Sequence[str] | Sequence[int],
+        *,
+        model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        **params: object,
+    ) -> AsyncStream[CompletionChunk]:
+        """Stream ``/v1/completions`` as ``CompletionChunk`` objects (text deltas)."""
+        body: JSONDict = {**params, "prompt": _prompt(prompt), "model": model, "stream": True}
+        return self._stream("/v1/completions", body, timeout, _openai_parser(CompletionChunk))
+
+
+def _prompt(prompt: str | Sequence[str] | Sequence[int]) -> object:
+    return prompt if isinstance(prompt, str) else list(prompt)
+
+
+def _load_event(data: str) -> JSONDict:
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise StreamError(f"malformed event in stream: {data[:200]!r}") from exc
+    if not isinstance(payload, dict):
+        raise StreamError(f"unexpected event in stream: {data[:200]!r}")
+    return payload
+
+
+def _openai_parser(model: type[BaseModel]) -> Any:
+    def parse(data: str) -> Any:
+        payload = _load_event(data)
+        raise_for_event(payload)
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise StreamError(f"unexpected event in stream: {exc}") from exc
+
+    return parse

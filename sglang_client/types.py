@@ -1,0 +1,219 @@
+"""Typed responses (pydantic v2).
+
+Every model allows extra fields: SGLang adds ``meta_info`` keys often (logprobs, speculative
+decoding stats, metrics timestamps), and a client must ignore
+what it does not know rather than fail.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatDelta",
+    "ChatMessage",
+    "Completion",
+    "CompletionChoice",
+    "CompletionChunk",
+    "CompletionUsage",
+    "FinishReason",
+    "GenerateResponse",
+    "HealthStatus",
+    "MetaInfo",
+    "ModelInfo",
+    "ServerInfo",
+    "StreamChunk",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+
+class FinishReason(_Model):
+    """Why generation stopped: ``type`` is ``"stop"``, ``"length"`` or ``"abort"``.
+
+    ``matched`` is the EOS/stop token id or the stop string, ``length`` the token budget that
+    ran out; aborts carry ``message`` and, when the server turned them into an HTTP
+    error, ``status_code``.
+    """
+
+    type: str
+    matched: Union[int, str, list[int], None] = None  # noqa: UP007 (pydantic on 3.10 needs Union)
+    length: int | None = None
+    message: str | None = None
+    status_code: int | None = None
+    err_type: str | None = None
+
+
+class MetaInfo(_Model):
+    """Per-request metadata SGLang returns with each output (``meta_info``)."""
+
+    id: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    e2e_latency: float | None = None
+    weight_version: str | None = None
+
+
+class GenerateResponse(_Model):
+    """One output of native ``/generate``."""
+
+    text: str = ""
+    output_ids: list[int] = Field(default_factory=list)
+    meta_info: MetaInfo
+    index: int | None = None
+
+
+GENERATE_ONE: TypeAdapter[GenerateResponse] = TypeAdapter(GenerateResponse)
+GENERATE_MANY: TypeAdapter[list[GenerateResponse]] = TypeAdapter(list[GenerateResponse])
+
+
+class StreamChunk(_Model):
+    """One event of a ``/generate`` stream, normalised whatever the server's streaming mode.
+
+    Attributes:
+        index: position in the flattened batch (``prompt_i * n + sample_j``; 0 when single).
+        delta: only the text that is new in this chunk.
+        text: all text generated so far for this ``index``.
+        delta_output_ids: only the token ids that are new in this chunk.
+        output_ids: all token ids so far for this ``index``.
+        meta_info: the chunk's ``meta_info`` (counters are cumulative in both streaming modes).
+        finish_reason: ``None`` until the last chunk of this ``index``.
+    """
+
+    index: int = 0
+    delta: str = ""
+    text: str = ""
+    delta_output_ids: list[int] = Field(default_factory=list)
+    output_ids: list[int] = Field(default_factory=list)
+    meta_info: MetaInfo
+    finish_reason: FinishReason | None = None
+
+
+class HealthStatus(_Model):
+    """The outcome of ``SGLangClient.health()``; never an exception."""
+
+    available: bool
+    latency: float
+    error: str | None = None
+    status_code: int | None = None
+
+
+class ModelInfo(_Model):
+    """``GET /model_info``: what the server serves."""
+
+    model_path: str
+    served_model_name: str | None = None
+    tokenizer_path: str | None = None
+    is_generation: bool = True
+    weight_version: str | None = None
+
+
+class ServerInfo(_Model):
+    """``GET /server_info``: resolved server arguments and scheduler state (many extra keys)."""
+
+    version: str | None = None
+    model_path: str | None = None
+    context_length: int | None = None
+    incremental_streaming_output: bool | None = None
+    internal_states: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class CompletionUsage(_Model):
+    """Token accounting of an OpenAI-compatible response."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict[str, Any] | None = None
+
+
+class ChatMessage(_Model):
+    """An assistant message in a chat completion."""
+
+    role: str = "assistant"
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatChoice(_Model):
+    """One choice of ``/v1/chat/completions``."""
+
+    index: int
+    message: ChatMessage
+    finish_reason: str | None = None
+    matched_stop: Union[int, str, None] = None  # noqa: UP007
+
+
+class ChatCompletion(_Model):
+    """``/v1/chat/completions`` response."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = 0
+    model: str = ""
+    choices: list[ChatChoice]
+    usage: CompletionUsage | None = None
+
+
+class ChatDelta(_Model):
+    """The new part of a message in a chat stream chunk."""
+
+    role: str | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatChunkChoice(_Model):
+    """One choice of a chat stream chunk."""
+
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None = None
+    matched_stop: Union[int, str, None] = None  # noqa: UP007
+
+
+class ChatCompletionChunk(_Model):
+    """One event of a ``/v1/chat/completions`` stream (``choices`` is empty on the usage chunk)."""
+
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    choices: list[ChatChunkChoice]
+    usage: CompletionUsage | None = None
+
+
+class CompletionChoice(_Model):
+    """One choice of ``/v1/completions`` (a stream chunk's choice has the same shape)."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    matched_stop: Union[int, str, None] = None  # noqa: UP007
+
+
+class Completion(_Model):
+    """``/v1/completions`` response."""
+
+    id: str
+    object: str = "text_completion"
+    created: int = 0
+    model: str = ""
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = None
+
+
+class CompletionChunk(Completion):
+    """One event of a ``/v1/completions`` stream."""
