@@ -25,7 +25,7 @@ from sglang_client._defaults import (
     NOT_GIVEN,
     NotGiven,
 )
-from sglang_client._http import HTTPPipeline, TimeoutTypes
+from sglang_client._http import HTTPPipeline, HTTPResponse, TimeoutTypes
 from sglang_client._retry import RetryPolicy
 from sglang_client.errors import APITimeoutError, NotFoundError, SGLangError, StreamError
 from sglang_client.streaming import AsyncStream, DeltaTracker, raise_for_event
@@ -160,8 +160,11 @@ class SGLangClient:
         options = {**self._options, **{k: v for k, v in given.items() if v is not NOT_GIVEN}}
         if not isinstance(transport, NotGiven) and transport is not None:
             return SGLangClient(base_url or self.base_url, transport=transport, **options)
-        shared = self._http.client if isinstance(http_client, NotGiven) else http_client
-        return SGLangClient(base_url or self.base_url, http_client=shared, **options)
+        if not isinstance(http_client, NotGiven) and http_client is not None:
+            return SGLangClient(base_url or self.base_url, http_client=http_client, **options)
+        clone = SGLangClient(base_url or self.base_url, **options)
+        clone._http.borrow_pools(self._http)
+        return clone
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -192,11 +195,11 @@ class SGLangClient:
 
     async def _post_json(
         self, path: str, body: object, timeout: TimeoutTypes | NotGiven
-    ) -> httpx.Response:
+    ) -> HTTPResponse:
         self._check_open()
         return await self._http.request("POST", path, body=body, timeout=timeout)
 
-    async def _get(self, path: str, timeout: TimeoutTypes | NotGiven) -> httpx.Response:
+    async def _get(self, path: str, timeout: TimeoutTypes | NotGiven) -> HTTPResponse:
         self._check_open()
         return await self._http.request("GET", path, timeout=timeout)
 
@@ -205,11 +208,11 @@ class SGLangClient:
     ) -> AsyncStream[Any]:
         self._check_open()
 
-        async def open_response() -> httpx.Response:
+        async def open_response() -> HTTPResponse:
             self._check_open()
             return await self._http.open("POST", path, body=body, timeout=timeout)
 
-        return AsyncStream(open_response, parse, self._http.iter_bytes)
+        return AsyncStream(open_response, parse)
 
     @staticmethod
     def _validate(model: type[BaseModel], content: bytes, what: str) -> Any:
@@ -326,9 +329,7 @@ class SGLangClient:
         started = time.perf_counter()
         try:
             self._check_open()
-            response = await self._http.client.get(
-                self.base_url + "/health", headers=self._http._headers, timeout=timeout
-            )
+            response = await self._http.probe("/health", timeout)
         except Exception as exc:
             return HealthStatus(
                 available=False,
@@ -366,7 +367,7 @@ class SGLangClient:
 
     async def _get_with_fallback(
         self, path: str, old_path: str, timeout: TimeoutTypes | NotGiven
-    ) -> httpx.Response:
+    ) -> HTTPResponse:
         try:
             return await self._get(path, timeout)
         except NotFoundError:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import httpx
+    from sglang_client._http import HTTPResponse
 
 __all__ = [
     "STATUS_TO_ERROR",
@@ -74,7 +74,7 @@ class APIStatusError(SGLangError):
         status_code: the HTTP status.
         body: the decoded JSON body, or the raw text when it was not JSON.
         request_id: the request's id where known (``X-Request-Id`` header or ``rid``).
-        response: the ``httpx.Response`` when there was one.
+        response: the HTTP response when there was one.
     """
 
     status_code: int
@@ -86,7 +86,7 @@ class APIStatusError(SGLangError):
         status_code: int,
         body: object = None,
         request_id: str | None = None,
-        response: httpx.Response | None = None,
+        response: HTTPResponse | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -184,7 +184,7 @@ def error_from_status(
     *,
     body: object = None,
     request_id: str | None = None,
-    response: httpx.Response | None = None,
+    response: HTTPResponse | None = None,
 ) -> APIStatusError:
     """Build the ``APIStatusError`` subclass that ``STATUS_TO_ERROR`` names for a status."""
     cls = STATUS_TO_ERROR.get(status_code)
@@ -211,7 +211,7 @@ def error_from_response(
     *,
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
-    response: httpx.Response | None = None,
+    response: HTTPResponse | None = None,
 ) -> APIStatusError:
     """Turn an error response into the matching ``APIStatusError`` subclass."""
     body = decode_body(content)

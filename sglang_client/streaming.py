@@ -17,7 +17,7 @@ from sglang_client.errors import StreamError, error_from_status, extract_error_m
 from sglang_client.types import MetaInfo, StreamChunk
 
 if TYPE_CHECKING:
-    import httpx
+    from sglang_client._http import HTTPResponse
 
 __all__ = ["AsyncStream", "DeltaTracker", "SSEDecoder", "ServerSentEvent", "raise_for_event"]
 
@@ -176,19 +176,17 @@ class AsyncStream(Generic[T]):
 
     def __init__(
         self,
-        open_response: Callable[[], Awaitable[httpx.Response]],
+        open_response: Callable[[], Awaitable[HTTPResponse]],
         parse: Callable[[str], T | None],
-        iter_bytes: Callable[[httpx.Response], AsyncIterator[bytes]],
     ) -> None:
         self._open = open_response
         self._parse = parse
-        self._iter_bytes = iter_bytes
-        self._response: httpx.Response | None = None
+        self._response: HTTPResponse | None = None
         self._iterator: AsyncIterator[T] | None = None
         self._started = False
 
     @property
-    def response(self) -> httpx.Response | None:
+    def response(self) -> HTTPResponse | None:
         """The HTTP response once iteration started (headers, status)."""
         return self._response
 
@@ -210,7 +208,7 @@ class AsyncStream(Generic[T]):
         decoder = SSEDecoder()
         finished = False
         try:
-            async for raw in self._iter_bytes(response):
+            async for raw in response.iter_bytes():
                 for event in decoder.feed(raw):
                     if event.data == DONE:
                         finished = True
