@@ -1,0 +1,289 @@
+"""The fake server's small routes: health, info, cache, tokenizer, aborts, sessions, metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from sglang_client.testing._asgi import (
+    TEXT_TYPE,
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    flat_error,
+    parse_json,
+    read_body,
+    require_object,
+    send_bytes,
+    send_json,
+    validation_error,
+)
+from sglang_client.testing._openai import require_json_content_type
+from sglang_client.testing._params import coerce, lax_type_errors
+from sglang_client.testing._sessions import SessionError
+
+if TYPE_CHECKING:
+    from sglang_client.testing.app import FakeSGLangApp
+
+__all__ = ["SGLANG_VERSION", "MiscRoutes"]
+
+SGLANG_VERSION = "0.5.23"
+_FLUSHED = (
+    b"Cache flushed.\nPlease check backend logs for more details. (When there are running or "
+    b"waiting requests, the operation will not be performed.)\n"
+)
+_OPEN_SESSION = {"capacity_of_str_len": "int", "session_id": "str", "timeout": "float"}
+_METRICS = (
+    ("prompt_tokens_total", "counter", "Number of prefill tokens processed."),
+    ("generation_tokens_total", "counter", "Number of generation tokens processed."),
+    ("cached_tokens_total", "counter", "Number of cached prompt tokens."),
+    ("num_requests_total", "counter", "Number of requests processed."),
+    ("num_aborted_requests_total", "counter", "Number of requests aborted."),
+    ("http_requests_total", "counter", "Number of HTTP requests received."),
+    ("num_running_reqs", "gauge", "The number of running requests."),
+    ("num_queue_reqs", "gauge", "The number of requests in the waiting queue."),
+    ("cache_hit_rate", "gauge", "The prefix cache hit rate."),
+)
+
+
+async def _empty(send: Send, status: int = 200) -> None:
+    await send_bytes(send, status, b"", None)
+
+
+class MiscRoutes:
+    """Handlers that need only the app's state, not the generation machinery."""
+
+    def __init__(self, app: FakeSGLangApp) -> None:
+        self.app = app
+        self.config = app.config
+        self.engine = app.engine
+        self.tokenizer = app.tokenizer
+
+    async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/health``, ``/health_generate``, ``/ready``: 503 while starting, then 200 (fact 17)."""
+        await _empty(send, 200 if self.app.is_ready else 503)
+
+    async def root(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/``."""
+        await send_json(send, "SGLang is running")
+
+    async def model_info(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/model_info`` and ``/get_model_info`` (fact 18)."""
+        config = self.config
+        await send_json(
+            send,
+            {
+                "model_path": config.model_path,
+                "served_model_name": config.model_name,
+                "tokenizer_path": config.model_path,
+                "is_generation": True,
+                "preferred_sampling_params": None,
+                "weight_version": config.weight_version,
+                "load_format": "auto",
+                "reasoning_parser": None,
+                "tool_call_parser": None,
+                "disaggregation_mode": "null",
+                "has_image_understanding": False,
+                "has_audio_understanding": False,
+                "model_type": "fake",
+                "architectures": ["FakeForCausalLM"],
+            },
+        )
+
+    async def server_info(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/server_info`` and ``/get_server_info``: server args, scheduler info, states."""
+        config = self.config
+        host, port = (scope.get("server") or ("127.0.0.1", 0))[:2]
+        stats = self.app.stats
+        elapsed = max(time.monotonic() - self.app.started_at, 1e-9)
+        await send_json(
+            send,
+            {
+                "model_path": config.model_path,
+                "tokenizer_path": config.model_path,
+                "served_model_name": config.model_name,
+                "host": host,
+                "port": port,
+                "context_length": config.context_length,
+                "incremental_streaming_output": config.incremental_streaming_output,
+                "stream_interval": config.stream_interval,
+                "enable_metrics": config.enable_metrics,
+                "enable_cache_report": config.enable_cache_report,
+                "weight_version": config.weight_version,
+                "tp_size": 1,
+                "dp_size": 1,
+                "skip_tokenizer_init": False,
+                "max_total_num_tokens": config.radix_cache_tokens,
+                "max_req_input_len": config.context_length - 1,
+                "vocab_size": self.tokenizer.vocab_size,
+                "launch_command": "python -m sglang_client.testing",
+                "internal_states": [
+                    {
+                        "last_gen_throughput": stats.generation_tokens / elapsed,
+                        "num_running_reqs": len(self.engine.inflight),
+                        "cached_tokens": self.engine.cache.total_tokens,
+                    }
+                ],
+                "version": SGLANG_VERSION,
+                "frontend": "python",
+                "fake": True,
+            },
+        )
+
+    async def flush_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/flush_cache``: text/plain; refused (400) while requests run, as SGLang does."""
+        if self.engine.inflight:
+            await send_bytes(send, 400, _FLUSHED, TEXT_TYPE)
+            return
+        self.engine.cache.flush()
+        await send_bytes(send, 200, _FLUSHED, TEXT_TYPE)
+
+    async def tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/tokenize`` and ``/v1/tokenize`` (fact 27)."""
+        require_json_content_type(scope)
+        data = require_object(parse_json(await read_body(receive)), "TokenizeRequest")
+        prompt, messages = data.get("prompt"), data.get("messages")
+        if (prompt is None) == (messages is None):
+            raise _value_error("Exactly one of 'prompt' or 'messages' must be given.", data)
+        tok = self.tokenizer
+        tokens: Any
+        if messages is not None:
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise _value_error("'messages' must be a list of objects.", messages)
+            turns = [(str(m.get("role", "user")), str(m.get("content") or "")) for m in messages]
+            tokens = tok.encode(tok.apply_chat_template(turns))
+            count: Any = len(tokens)
+        elif isinstance(prompt, str):
+            tokens = tok.encode(prompt)
+            count = len(tokens)
+        elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+            tokens = [tok.encode(p) for p in prompt]
+            count = [len(t) for t in tokens]
+        else:
+            raise _value_error("'prompt' must be a string or a list of strings.", prompt)
+        await send_json(
+            send, {"tokens": tokens, "count": count, "max_model_len": self.config.context_length}
+        )
+
+    async def detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/detokenize`` and ``/v1/detokenize`` (fact 27)."""
+        require_json_content_type(scope)
+        data = require_object(parse_json(await read_body(receive)), "DetokenizeRequest")
+        tokens: Any = data.get("tokens")
+        skip = data.get("skip_special_tokens") is not False
+        batch = isinstance(tokens, list) and bool(tokens) and isinstance(tokens[0], list)
+        rows = tokens if batch else [tokens]
+        if not isinstance(tokens, list) or not all(
+            isinstance(row, list) and all(_is_int(t) for t in row) for row in rows
+        ):
+            message = "'tokens' must be a list of ints or a list of lists of ints."
+            raise _value_error(message, tokens)
+        for row in rows:
+            bad = self.tokenizer.first_invalid(row)
+            if bad is not None:
+                size = self.tokenizer.vocab_size
+                message = f"Token id {bad} is outside the vocabulary [0, {size})."
+                raise HTTPError(400, flat_error(message, "BadRequestError", 400))
+        texts = [self.tokenizer.decode(row, skip_special_tokens=skip) for row in rows]
+        await send_json(send, {"text": texts if batch else texts[0]})
+
+    async def abort_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/abort_request {"rid": R}`` or ``{"abort_all": true}``: 200 empty (fact 15)."""
+        data = require_object(parse_json(await read_body(receive)), "AbortReq")
+        errors = lax_type_errors(data, {"rid": "str", "abort_all": "bool"})
+        if errors:
+            raise validation_error(errors)
+        if coerce("bool", data.get("abort_all")):
+            self.engine.abort(None)
+        elif data.get("rid") is not None:
+            self.engine.abort([data["rid"]])
+        await _empty(send)
+
+    async def open_session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/open_session``: a JSON string id; duplicate id or bad body → 400 (fact 21)."""
+        data = require_object(parse_json(await read_body(receive)), "OpenSessionReqInput")
+        errors = lax_type_errors(data, _OPEN_SESSION)
+        if data.get("capacity_of_str_len") is None:
+            missing = {"type": "missing", "loc": ("body", "capacity_of_str_len")}
+            errors.insert(0, {**missing, "msg": "Field required", "input": data})
+        if errors:
+            raise validation_error(errors)
+        if data.get("streaming"):
+            message = (
+                "Streaming sessions are disabled. Please relaunch with --enable-streaming-session."
+            )
+            raise HTTPError(400, {"error": {"message": message}})
+        try:
+            session_id = self.engine.sessions.open(
+                data.get("session_id"),
+                coerce("int", data["capacity_of_str_len"]),
+                coerce("float", data.get("timeout")),
+            )
+        except SessionError as exc:
+            raise HTTPError(400, {"error": {"message": str(exc)}}) from None
+        await send_json(send, session_id)
+
+    async def close_session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/close_session``: 200 empty, also for unknown ids (fact 21)."""
+        data = require_object(parse_json(await read_body(receive)), "CloseSessionReqInput")
+        session_id = data.get("session_id")
+        if not isinstance(session_id, str):
+            kind = "missing" if session_id is None else "string_type"
+            message = "Field required" if session_id is None else "Input should be a valid string"
+            raise validation_error(
+                [{"type": kind, "loc": ("body", "session_id"), "msg": message, "input": data}]
+            )
+        self.engine.sessions.close(session_id)
+        await _empty(send)
+
+    async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/metrics``: Prometheus text when ``enable_metrics``, else 404."""
+        if not self.config.enable_metrics:
+            raise HTTPError(404, {"detail": "Not Found"})
+        stats = self.app.stats
+        values = {
+            "prompt_tokens_total": stats.prompt_tokens,
+            "generation_tokens_total": stats.generation_tokens,
+            "cached_tokens_total": stats.cached_tokens,
+            "num_requests_total": stats.completions_generated,
+            "num_aborted_requests_total": stats.aborted_requests,
+            "http_requests_total": sum(stats.requests.values()),
+            "num_running_reqs": len(self.engine.inflight),
+            "num_queue_reqs": 0,
+            "cache_hit_rate": stats.cached_tokens / max(stats.prompt_tokens, 1),
+        }
+        label = f'{{model_name="{self.config.model_name}"}}'
+        lines = []
+        for name, kind, help_text in _METRICS:
+            lines.append(f"# HELP sglang:{name} {help_text}")
+            lines.append(f"# TYPE sglang:{name} {kind}")
+            lines.append(f"sglang:{name}{label} {float(values[name])}")
+        body = ("\n".join(lines) + "\n").encode()
+        await send_bytes(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8")
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/v1/models`` (fact 19)."""
+        await send_json(send, {"object": "list", "data": [self.app.model_card()]})
+
+    async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/v1/models/{id}``: the card, or OpenAI's nested 404."""
+        model_id = scope["path"][len("/v1/models/") :]
+        if model_id != self.config.model_name:
+            error = {
+                "message": f"The model '{model_id}' does not exist",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            }
+            raise HTTPError(404, {"error": error})
+        await send_json(send, self.app.model_card())
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _value_error(message: str, value: object) -> HTTPError:
+    error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {message}"}
+    return validation_error([{**error, "input": value}])
