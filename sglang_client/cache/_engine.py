@@ -1,0 +1,476 @@
+"""The cache engine behind ``CachedClient``: SGLang's raw JSON bodies in, cached or not.
+
+See "Cache semantics" in DESIGN.md. In short: a key covers everything that decides what is
+generated except ``n``; its value is the list of completions generated so far. A request for n
+completions with m cached returns them and asks upstream only for n - m more; greedy requests
+(temperature 0) reuse one completion for any n; batches go upstream only for the prompts that
+miss; identical concurrent requests wait for one upstream call; errors, aborts and partial streams
+are never stored; a failing store degrades to a miss.
+
+The ``*_json`` methods work on SGLang's raw JSON bodies (the proxy uses them to stay
+byte-compatible); the typed methods wrap them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sglang_client.cache._helpers import (
+    ChatRecorder,
+    StreamRecorder,
+    all_finished,
+    iterate,
+    openai_cacheable,
+    openai_finished,
+    openai_kind,
+    repeat,
+    valid_n,
+    without_stream,
+)
+from sglang_client.cache._records import (
+    GenerateSplit,
+    assemble_openai,
+    openai_records,
+    replay_chat_chunks,
+    replay_generate_chunk,
+    split_generate,
+)
+from sglang_client.cache._singleflight import KeyedLocks
+from sglang_client.cache.keys import cache_key, is_greedy, semantic_fields
+from sglang_client.cache.stats import CacheStats, CacheStatus, Counters
+from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
+
+if TYPE_CHECKING:
+    from sglang_client.client import SGLangClient
+
+__all__ = ["CacheEngine", "CachedResult", "CachedStream"]
+
+logger = logging.getLogger("sglang_client.cache")
+
+JSON = dict[str, Any]
+DEFAULT_CACHE_PATH = "~/.sglang_cache"
+
+
+@dataclass
+class CachedResult:
+    """A raw response and how the cache served it."""
+
+    body: Any
+    status: CacheStatus
+    from_cache: int = 0
+    generated: int = 0
+
+
+class CachedStream:
+    """Raw stream events plus the cache status, known before the first event."""
+
+    def __init__(self, status: CacheStatus, events: AsyncIterator[JSON]) -> None:
+        self.status = status
+        self._events = events
+
+    def __aiter__(self) -> AsyncIterator[JSON]:
+        return self._events
+
+    async def aclose(self) -> None:
+        """Stop the stream (nothing partial is stored)."""
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class CacheEngine:
+    """Serve raw SGLang request bodies through the cache; ``CachedClient`` adds typed methods.
+
+    Args:
+        client: the upstream client.
+        store: where completions live; default ``SQLiteStore("~/.sglang_cache")``.
+        namespace: the model identity in keys; default: the upstream's served model name
+            (``/model_info``, fetched once).
+    """
+
+    def __init__(
+        self,
+        client: SGLangClient,
+        store: CacheStore | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> None:
+        if store is None:
+            from sglang_client.cache.stores.sqlite import SQLiteStore
+
+            store = SQLiteStore(DEFAULT_CACHE_PATH)
+        self.client = client
+        self.store = store
+        self._model = namespace
+        self._locks = KeyedLocks()
+        self._counters = Counters()
+        self._store_failing = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _model_identity(self) -> str:
+        if self._model is None:
+            info = await self.client.get_model_info()
+            self._model = info.served_model_name or info.model_path
+        return self._model
+
+    def _store_failed(self, exc: StoreError, action: str) -> None:
+        self._counters.store_errors += 1
+        if not self._store_failing:  # one warning per incident, not per request
+            self._store_failing = True
+            logger.warning("cache store %s failed, serving without it: %s", action, exc)
+
+    def _store_ok(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            logger.warning("cache store recovered")
+
+    async def _get(self, key: str, limit: int) -> CacheEntry | None:
+        try:
+            entry = await self.store.get(key, limit=limit)
+        except StoreError as exc:
+            self._store_failed(exc, "read")
+            return None
+        self._store_ok()
+        return entry
+
+    async def _append(self, key: str, completions: list[JSON], request: JSON) -> None:
+        if not completions:
+            return
+        try:
+            await self.store.append(key, completions, request=request)
+        except StoreError as exc:
+            self._store_failed(exc, "write")
+        else:
+            self._store_ok()
+
+    async def _lock(self, stack: AsyncExitStack, keys: Sequence[str]) -> None:
+        """Coalesce: this process's per-key locks, then the store's (cross-process for Redis)."""
+        await stack.enter_async_context(self._locks.hold(keys))
+        for key in sorted(set(keys)):
+            try:
+                await stack.enter_async_context(self.store.lock(key))
+            except StoreError as exc:
+                self._store_failed(exc, "lock")
+
+    def _record(self, status: CacheStatus, started: float, cached: int, generated: int) -> None:
+        self._counters.record(status, time.perf_counter() - started, cached, generated)
+
+    # ------------------------------------------------------------------ /generate
+
+    async def generate_json(
+        self, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+    ) -> CachedResult:
+        """Serve a raw ``/generate`` body (non-streaming) through the cache.
+
+        Args:
+            body: the request as SGLang takes it.
+            read: use cached completions (``False``: ``Cache-Control: no-cache``).
+            write: store new completions (``False``: ``no-store``).
+        """
+        started = time.perf_counter()
+        split = split_generate(body) if (read or write) else None
+        if split is None:
+            result = await self.client.request_json("POST", "/generate", without_stream(body))
+            self._record(CacheStatus.BYPASS, started, 0, 0)
+            return CachedResult(result, CacheStatus.BYPASS)
+        model = await self._model_identity()
+        keys = [cache_key("generate", model, split.request(i)) for i in range(len(split.prompts))]
+        need = [1 if is_greedy(s.get("temperature")) else split.n for s in split.samplings]
+        cached = await self._read_all(keys, need) if read else [[] for _ in keys]
+        if all(len(c) >= k for c, k in zip(cached, need, strict=True)):
+            output = self._generate_output(split, cached)
+            served = sum(need)
+            self._record(CacheStatus.HIT, started, served, 0)
+            return CachedResult(output, CacheStatus.HIT, from_cache=served)
+        async with AsyncExitStack() as stack:
+            await self._lock(stack, keys)
+            if read:  # another request may have filled these while we waited
+                cached = await self._read_all(keys, need)
+            generated = await self._top_up(body, split, keys, need, cached, write)
+        output = self._generate_output(split, cached)
+        from_cache = sum(need) - generated
+        status = CacheStatus.PARTIAL if from_cache else CacheStatus.MISS
+        self._record(status, started, from_cache, generated)
+        return CachedResult(output, status, from_cache=from_cache, generated=generated)
+
+    async def _read_all(self, keys: Sequence[str], need: Sequence[int]) -> list[list[JSON]]:
+        out = []
+        for key, k in zip(keys, need, strict=True):
+            entry = await self._get(key, k)
+            out.append(entry.completions[:k] if entry is not None else [])
+        return out
+
+    async def _top_up(
+        self,
+        body: Mapping[str, Any],
+        split: GenerateSplit,
+        keys: Sequence[str],
+        need: Sequence[int],
+        cached: list[list[JSON]],
+        write: bool,
+    ) -> int:
+        """Generate what is missing, one upstream call per distinct missing count."""
+        groups: dict[int, list[int]] = {}
+        for i, (have, k) in enumerate(zip(cached, need, strict=True)):
+            if len(have) < k:
+                groups.setdefault(k - len(have), []).append(i)
+        generated = 0
+        for k, indices in groups.items():
+            upstream = split.upstream_body(body, indices, k)
+            result = await self.client.request_json("POST", "/generate", upstream)
+            outputs = result if isinstance(result, list) else [result]
+            for j, i in enumerate(indices):
+                fresh = [dict(o) for o in outputs[j * k : (j + 1) * k]]
+                for o in fresh:
+                    o.pop("index", None)
+                cached[i].extend(fresh)
+                generated += len(fresh)
+                if write and all_finished(fresh):
+                    await self._append(keys[i], fresh, split.request(i))
+        return generated
+
+    @staticmethod
+    def _generate_output(split: GenerateSplit, cached: list[list[JSON]]) -> Any:
+        flat: list[JSON] = []
+        for have in cached:
+            samples = have[: split.n] if len(have) >= split.n else have * split.n
+            flat.extend(samples[: split.n])
+        if split.single and split.n == 1:
+            return flat[0]
+        return flat
+
+    async def generate_stream_json(
+        self, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+    ) -> CachedStream:
+        """Serve a raw streaming ``/generate`` body: replay, pass through and record, or both.
+
+        Single-prompt streams are cached; batch streams pass through (``BYPASS``).
+        """
+        started = time.perf_counter()
+        split = split_generate(body) if (read or write) else None
+        if split is None or not split.single:
+            events = self._passthrough(body, started)
+            return CachedStream(CacheStatus.BYPASS, events)
+        model = await self._model_identity()
+        key = cache_key("generate", model, split.request(0))
+        need = 1 if is_greedy(split.samplings[0].get("temperature")) else split.n
+        have = (await self._read_all([key], [need]))[0] if read else []
+        if len(have) >= need:
+            replay = self._replay_generate(split, have)
+            self._record(CacheStatus.HIT, started, split.n, 0)
+            return CachedStream(CacheStatus.HIT, iterate(replay))
+        status = CacheStatus.PARTIAL if have else CacheStatus.MISS
+        events = self._stream_top_up(body, split, key, need, have, read, write, started)
+        return CachedStream(status, events)
+
+    @staticmethod
+    def _replay_generate(split: GenerateSplit, have: list[JSON]) -> list[JSON]:
+        samples = have[: split.n] if len(have) >= split.n else have * split.n
+        if split.n == 1:
+            return [replay_generate_chunk(samples[0], None)]
+        return [replay_generate_chunk(c, i) for i, c in enumerate(samples[: split.n])]
+
+    async def _passthrough(self, body: Mapping[str, Any], started: float) -> AsyncIterator[JSON]:
+        async for event in self.client.stream_json("/generate", body):
+            yield event
+        self._record(CacheStatus.BYPASS, started, 0, 0)
+
+    async def _stream_top_up(
+        self,
+        body: Mapping[str, Any],
+        split: GenerateSplit,
+        key: str,
+        need: int,
+        have: list[JSON],
+        read: bool,
+        write: bool,
+        started: float,
+    ) -> AsyncIterator[JSON]:
+        async with AsyncExitStack() as stack:
+            await self._lock(stack, [key])
+            if read:
+                have = (await self._read_all([key], [need]))[0]
+            k = need - len(have)
+            offset = len(have)
+            for i, completion in enumerate(have if k > 0 else []):
+                yield replay_generate_chunk(completion, i)
+            if k <= 0:  # filled by a concurrent request while we waited
+                for event in self._replay_generate(split, have):
+                    yield event
+                self._record(CacheStatus.HIT, started, split.n, 0)
+                return
+            upstream = split.upstream_body(body, [0], k)
+            recorder = StreamRecorder()
+            async for event in self.client.stream_json("/generate", upstream):
+                recorder.feed(event)
+                if offset or (split.n > 1 and "index" in event):
+                    event = {**event, "index": offset + int(event.get("index") or 0)}
+                yield event
+            fresh = recorder.completions(k)
+            if write and fresh is not None:
+                await self._append(key, fresh, split.request(0))
+            status = CacheStatus.PARTIAL if offset else CacheStatus.MISS
+            self._record(status, started, offset, k)
+
+    # ------------------------------------------------------------------ OpenAI routes
+
+    async def openai_json(
+        self, path: str, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+    ) -> CachedResult:
+        """Serve a raw ``/v1/chat/completions`` or ``/v1/completions`` body (non-streaming)."""
+        started = time.perf_counter()
+        kind, obj = openai_kind(path)
+        n = body.get("n", 1)
+        cacheable = (read or write) and openai_cacheable(kind, body) and valid_n(n)
+        if not cacheable:
+            result = await self.client.request_json("POST", path, without_stream(body))
+            self._record(CacheStatus.BYPASS, started, 0, 0)
+            return CachedResult(result, CacheStatus.BYPASS)
+        model = await self._model_identity()
+        request = semantic_fields(body)
+        key = cache_key(kind, model, request)
+        need = 1 if is_greedy(body.get("temperature")) else int(n)
+        have = (await self._read_all([key], [need]))[0] if read else []
+        if len(have) < need:
+            async with AsyncExitStack() as stack:
+                await self._lock(stack, [key])
+                if read:
+                    have = (await self._read_all([key], [need]))[0]
+                k = need - len(have)
+                if k > 0:
+                    upstream = {**without_stream(body), "n": k}
+                    if k == 1:
+                        upstream.pop("n")
+                    response = await self.client.request_json("POST", path, upstream)
+                    fresh = openai_records(response)
+                    if not have and k == int(n):  # a plain miss: return SGLang's own body
+                        if write and openai_finished(fresh):
+                            await self._append(key, fresh, request)
+                        self._record(CacheStatus.MISS, started, 0, k)
+                        return CachedResult(response, CacheStatus.MISS, generated=k)
+                    if write and openai_finished(fresh):
+                        await self._append(key, fresh, request)
+                    from_cache = len(have)
+                    records = have + fresh
+                    status = CacheStatus.PARTIAL if from_cache else CacheStatus.MISS
+                    output = assemble_openai(repeat(records, int(n)), obj, body.get("model"))
+                    self._record(status, started, from_cache, k)
+                    return CachedResult(output, status, from_cache=from_cache, generated=k)
+        output = assemble_openai(repeat(have, int(n)), obj, body.get("model"))
+        self._record(CacheStatus.HIT, started, int(n), 0)
+        return CachedResult(output, CacheStatus.HIT, from_cache=int(n))
+
+    async def chat_stream_json(
+        self, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+    ) -> CachedStream:
+        """Serve a raw streaming chat body: a full hit is replayed, anything else passes through.
+
+        A miss (nothing cached) is recorded as it streams and stored once it finished cleanly;
+        a partial hit streams through without using the cache (``BYPASS``).
+        """
+        started = time.perf_counter()
+        n = body.get("n", 1)
+        path = "/v1/chat/completions"
+        if not ((read or write) and openai_cacheable("chat", body) and valid_n(n)):
+            return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
+        model = await self._model_identity()
+        request = semantic_fields(body)
+        key = cache_key("chat", model, request)
+        need = 1 if is_greedy(body.get("temperature")) else int(n)
+        have = (await self._read_all([key], [need]))[0] if read else []
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if len(have) >= need:
+            events = replay_chat_chunks(repeat(have, int(n)), body.get("model"), include_usage)
+            self._record(CacheStatus.HIT, started, int(n), 0)
+            return CachedStream(CacheStatus.HIT, iterate(events))
+        if have:
+            return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
+        recording = self._chat_record(body, key, request, int(n), include_usage, write, started)
+        return CachedStream(CacheStatus.MISS, recording)
+
+    async def _openai_passthrough(
+        self, path: str, body: Mapping[str, Any], started: float
+    ) -> AsyncIterator[JSON]:
+        async for event in self.client.stream_json(path, body):
+            yield event
+        self._record(CacheStatus.BYPASS, started, 0, 0)
+
+    async def _chat_record(
+        self,
+        body: Mapping[str, Any],
+        key: str,
+        request: JSON,
+        n: int,
+        include_usage: bool,
+        write: bool,
+        started: float,
+    ) -> AsyncIterator[JSON]:
+        async with AsyncExitStack() as stack:
+            await self._lock(stack, [key])
+            # Ask for usage so the stored completions carry token counts; hide it if unasked.
+            upstream = {**body, "stream_options": {**(body.get("stream_options") or {})}}
+            upstream["stream_options"]["include_usage"] = True
+            recorder = ChatRecorder()
+            failed = False
+            async for event in self.client.stream_json("/v1/chat/completions", upstream):
+                failed = failed or "error" in event
+                recorder.feed(event)
+                if event.get("choices") == [] and "usage" in event and not include_usage:
+                    continue
+                yield event
+            response = recorder.response(n)
+            if write and not failed and response is not None:
+                fresh = openai_records(response)
+                if openai_finished(fresh):
+                    await self._append(key, fresh, request)
+            self._record(CacheStatus.MISS, started, 0, n)
+
+    # ------------------------------------------------------------------ cache management
+
+    async def stats(self) -> CacheStats:
+        """A snapshot of the store's size and this client's counters."""
+        c = self._counters
+        try:
+            counts: tuple[int | None, int | None] = tuple(await self.store.count())  # type: ignore[assignment]
+        except StoreError as exc:
+            self._store_failed(exc, "count")
+            counts = (None, None)
+        looked_up = c.hits + c.misses + c.partial_hits
+        return CacheStats(
+            num_keys=counts[0],
+            total_responses=counts[1],
+            hits=c.hits,
+            misses=c.misses,
+            partial_hits=c.partial_hits,
+            bypassed=c.bypassed,
+            hit_rate=c.hits / looked_up if looked_up else 0.0,
+            completions_saved=c.completions_from_cache,
+            completions_generated=c.completions_generated,
+            pending_writes=self.store.pending_writes,
+            store_errors=c.store_errors,
+            store_kind=self.store.kind,
+            store_location=self.store.location,
+            hit_latency=c.percentiles(CacheStatus.HIT),
+            miss_latency=c.percentiles(CacheStatus.MISS),
+            partial_latency=c.percentiles(CacheStatus.PARTIAL),
+        )
+
+    async def clear(self) -> int:
+        """Delete every cached entry; returns how many there were."""
+        return await self.store.clear()
+
+    async def aclose(self) -> None:
+        """Flush and close the store (the upstream client is the caller's to close)."""
+        await self.store.aclose()
+
+    async def __aenter__(self) -> CacheEngine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,155 @@
+"""Private helpers of CachedClient: body predicates and stream recorders."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from sglang_client.streaming import DeltaTracker
+
+__all__ = [
+    "ChatRecorder",
+    "StreamRecorder",
+    "all_finished",
+    "generate_body",
+    "iterate",
+    "openai_cacheable",
+    "openai_finished",
+    "openai_kind",
+    "repeat",
+    "valid_n",
+    "without_stream",
+]
+
+JSON = dict[str, Any]
+
+
+def without_stream(body: Mapping[str, Any]) -> JSON:
+    return {k: v for k, v in body.items() if k != "stream"}
+
+
+def valid_n(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+
+def openai_kind(path: str) -> tuple[str, str]:
+    if path.endswith("/chat/completions"):
+        return "chat", "chat.completion"
+    return "completion", "text_completion"
+
+
+def openai_cacheable(kind: str, body: Mapping[str, Any]) -> bool:
+    if body.get("session_params") or body.get("echo"):
+        return False
+    if kind == "chat":
+        return isinstance(body.get("messages"), list) and bool(body["messages"])
+    prompt = body.get("prompt")
+    return isinstance(prompt, str) or (
+        isinstance(prompt, list) and bool(prompt) and all(isinstance(p, int) for p in prompt)
+    )
+
+
+def all_finished(outputs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every output finished normally (aborted generations are never stored)."""
+    for output in outputs:
+        finish = (output.get("meta_info") or {}).get("finish_reason")
+        if not isinstance(finish, Mapping) or finish.get("type") not in ("stop", "length"):
+            return False
+    return True
+
+
+def openai_finished(records: Sequence[Mapping[str, Any]]) -> bool:
+    return bool(records) and all(
+        r["choice"].get("finish_reason") in ("stop", "length", "tool_calls") for r in records
+    )
+
+
+def repeat(records: list[JSON], n: int) -> list[JSON]:
+    return records[:n] if len(records) >= n else (records * n)[:n]
+
+
+async def iterate(events: list[JSON]) -> AsyncIterator[JSON]:
+    for event in events:
+        yield event
+
+
+def generate_body(
+    text: object,
+    input_ids: object,
+    sampling_params: object,
+    rid: object,
+    extra: Mapping[str, object],
+) -> JSON:
+    body: JSON = dict(extra)
+    for name, value in (
+        ("text", text if isinstance(text, (str, type(None))) else list(text)),  # type: ignore[call-overload]
+        ("input_ids", input_ids),
+        ("sampling_params", sampling_params),
+        ("rid", rid),
+    ):
+        if value is not None:
+            body[name] = value
+    return body
+
+
+class StreamRecorder:
+    """Rebuild whole ``/generate`` completions from a raw stream, whatever its mode."""
+
+    def __init__(self) -> None:
+        self._tracker = DeltaTracker()
+        self._final: dict[int, JSON] = {}
+        self._failed = False
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        if "error" in event or "meta_info" not in event:
+            self._failed = True
+            return
+        chunk = self._tracker.update(dict(event))
+        if chunk.finish_reason is not None:
+            self._final[chunk.index] = {
+                "text": chunk.text,
+                "output_ids": list(chunk.output_ids),
+                "meta_info": event["meta_info"],
+            }
+
+    def completions(self, k: int) -> list[JSON] | None:
+        """The k finished completions in index order, or ``None`` if any is missing or aborted."""
+        if self._failed or sorted(self._final) != list(range(k)):
+            return None
+        outputs = [self._final[i] for i in range(k)]
+        return outputs if all_finished(outputs) else None
+
+
+class ChatRecorder:
+    """Rebuild a chat response from its stream's deltas."""
+
+    def __init__(self) -> None:
+        self._content: dict[int, list[str]] = {}
+        self._finish: dict[int, tuple[object, object]] = {}
+        self._usage: JSON | None = None
+        self._envelope: JSON = {}
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        if not self._envelope and "id" in event:
+            self._envelope = {k: event[k] for k in ("id", "created", "model") if k in event}
+        if event.get("usage"):
+            self._usage = dict(event["usage"])
+        for choice in event.get("choices") or []:
+            index = int(choice.get("index") or 0)
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self._content.setdefault(index, []).append(delta["content"])
+            if choice.get("finish_reason") is not None:
+                self._finish[index] = (choice["finish_reason"], choice.get("matched_stop"))
+
+    def response(self, n: int) -> JSON | None:
+        if sorted(self._finish) != list(range(n)) or self._usage is None:
+            return None
+        choices = []
+        for i in range(n):
+            finish, matched = self._finish[i]
+            message = {"role": "assistant", "content": "".join(self._content.get(i, []))}
+            choices.append(
+                {"index": i, "message": message, "finish_reason": finish, "matched_stop": matched}
+            )
+        return {**self._envelope, "choices": choices, "usage": self._usage}

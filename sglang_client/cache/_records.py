@@ -1,0 +1,222 @@
+"""Pure helpers: split requests per prompt, turn responses into stored completions and back.
+
+A stored completion is one sample as SGLang returned it:
+- ``/generate``: the response object (``text``, ``output_ids``, ``meta_info``).
+- chat and completions: ``{"choice": <choice without index>, "completion_tokens": int,
+  "prompt_tokens": int, "envelope": {id, created, model, metadata}}``. SGLang reports only the sum
+  of completion tokens for n > 1, so each choice of such a response is stored with an equal share
+  (remainder to the first); a replay of the same group sums back to the original exactly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sglang_client.cache.keys import semantic_fields
+
+__all__ = [
+    "GenerateSplit",
+    "assemble_openai",
+    "openai_records",
+    "replay_chat_chunks",
+    "replay_generate_chunk",
+    "split_generate",
+]
+
+JSON = dict[str, Any]
+
+# Per-prompt list-valued fields of /generate we cannot split safely; such batches bypass.
+_INPUT_FIELDS = ("text", "input_ids")
+
+
+@dataclass
+class GenerateSplit:
+    """A ``/generate`` body split per prompt."""
+
+    field: str
+    prompts: list[Any]
+    single: bool
+    samplings: list[JSON]
+    sampling_is_list: bool
+    n: int
+    base: JSON
+
+    def request(self, i: int) -> JSON:
+        """The semantic request of prompt ``i`` (what its key hashes, and what is stored)."""
+        return {**self.base, self.field: self.prompts[i], "sampling_params": self.samplings[i]}
+
+    def upstream_body(self, body: Mapping[str, Any], indices: Sequence[int], k: int) -> JSON:
+        """A body asking upstream for ``k`` samples of each prompt in ``indices``."""
+        out = {key: value for key, value in body.items() if key not in ("stream", "rid")}
+        samplings = [{**self.samplings[i], "n": k} for i in indices]
+        if k == 1:
+            for s in samplings:
+                s.pop("n")
+        if self.single:
+            out[self.field] = self.prompts[indices[0]]
+            out["sampling_params"] = samplings[0]
+            if "rid" in body and k == 1:
+                out["rid"] = body["rid"]
+        else:
+            out[self.field] = [self.prompts[i] for i in indices]
+            out["sampling_params"] = samplings if self.sampling_is_list else samplings[0]
+        return out
+
+
+def split_generate(body: Mapping[str, Any]) -> GenerateSplit | None:
+    """Split a ``/generate`` body per prompt, or ``None`` when it must bypass the cache.
+
+    Bypassed: session requests (their output depends on server-side history), embeddings, bodies
+    with both or neither of ``text``/``input_ids``, and batches with other per-prompt lists.
+    """
+    if body.get("session_params") or body.get("input_embeds") is not None:
+        return None
+    present = [f for f in _INPUT_FIELDS if body.get(f) is not None]
+    if len(present) != 1:
+        return None
+    field = present[0]
+    value = body[field]
+    prompts: list[Any]
+    if field == "text":
+        if isinstance(value, str):
+            single, prompts = True, [value]
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            single, prompts = False, list(value)
+        else:
+            return None
+    else:
+        if not isinstance(value, list) or not value:
+            return None
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            single, prompts = True, [value]
+        elif all(isinstance(v, list) and v for v in value):
+            single, prompts = False, list(value)
+        else:
+            return None
+    sampling = body.get("sampling_params") or {}
+    if isinstance(sampling, Mapping):
+        samplings, is_list = [dict(sampling) for _ in prompts], False
+    elif isinstance(sampling, list) and len(sampling) == len(prompts):
+        if not all(isinstance(s, Mapping) for s in sampling):
+            return None
+        samplings, is_list = [dict(s) for s in sampling], True
+    else:
+        return None
+    ns = {s.get("n", 1) for s in samplings}
+    n = ns.pop() if len(ns) == 1 else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return None
+    base = semantic_fields(body, drop=frozenset({*_INPUT_FIELDS, "sampling_params"}))
+    if not single and any(isinstance(v, list) for v in base.values()):
+        return None
+    for s in samplings:
+        s.pop("n", None)
+        s.pop("stream_interval", None)
+    return GenerateSplit(field, prompts, single, samplings, is_list, n, base)
+
+
+def replay_generate_chunk(completion: Mapping[str, Any], index: int | None) -> JSON:
+    """One stream event carrying a whole stored completion.
+
+    The first chunk of an index is the same in cumulative and incremental streaming, so a
+    one-chunk replay is valid whichever mode the upstream runs in.
+    """
+    chunk = dict(completion)
+    if index is None:
+        chunk.pop("index", None)
+    else:
+        chunk["index"] = index
+    return chunk
+
+
+def openai_records(response: Mapping[str, Any]) -> list[JSON]:
+    """Stored completions for every choice of a chat/completions response."""
+    choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+    usage = response.get("usage") or {}
+    total = int(usage.get("completion_tokens") or 0)
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    share, remainder = divmod(total, max(1, len(choices)))
+    envelope = {
+        key: response[key] for key in ("id", "created", "model", "metadata") if key in response
+    }
+    records = []
+    for i, choice in enumerate(choices):
+        records.append(
+            {
+                "choice": {k: v for k, v in choice.items() if k != "index"},
+                "completion_tokens": share + (remainder if i == 0 else 0),
+                "prompt_tokens": prompt_tokens,
+                "envelope": envelope,
+            }
+        )
+    return records
+
+
+def assemble_openai(records: Sequence[Mapping[str, Any]], obj: str, model: object) -> JSON:
+    """A chat/completions response built from stored completions (choices re-indexed)."""
+    envelope = records[0].get("envelope") or {}
+    completion_tokens = sum(int(r.get("completion_tokens") or 0) for r in records)
+    prompt_tokens = int(records[0].get("prompt_tokens") or 0)
+    return {
+        "id": uuid.uuid4().hex,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model if isinstance(model, str) else envelope.get("model", "default"),
+        "choices": [{"index": i, **r["choice"]} for i, r in enumerate(records)],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+            "prompt_tokens_details": None,
+        },
+        "metadata": envelope.get("metadata", {"weight_version": "default"}),
+    }
+
+
+def replay_chat_chunks(
+    records: Sequence[Mapping[str, Any]], model: object, include_usage: bool
+) -> list[JSON]:
+    """Chat stream events replaying stored completions in SGLang's chat framing (§7.4)."""
+    rid = uuid.uuid4().hex
+    created = int(time.time())
+    name = model if isinstance(model, str) else "default"
+
+    def chunk(index: int, delta: JSON, finish: object = None, matched: object = None) -> JSON:
+        return {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": name,
+            "choices": [
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "matched_stop": matched,
+                }
+            ],
+        }
+
+    events = []
+    for i, record in enumerate(records):
+        message = record["choice"].get("message") or {}
+        events.append(chunk(i, {"reasoning_content": None, "role": "assistant", "content": ""}))
+        if message.get("content"):
+            events.append(chunk(i, {"reasoning_content": None, "content": message["content"]}))
+        events.append(
+            chunk(
+                i,
+                {"reasoning_content": None},
+                record["choice"].get("finish_reason"),
+                record["choice"].get("matched_stop"),
+            )
+        )
+    if include_usage:
+        assembled = assemble_openai(records, "chat.completion", model)
+        events.append({**chunk(0, {}), "choices": [], "usage": assembled["usage"]})
+    return events

@@ -1,0 +1,168 @@
+"""``CachedClient``: SGLangClient's methods with an n-aware response cache in front.
+
+See "Cache semantics" in DESIGN.md and ``sglang_client.cache._engine`` for how requests are
+served; this module is the typed surface (the same methods as ``SGLangClient``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from sglang_client.cache._engine import CachedResult, CachedStream, CacheEngine
+from sglang_client.cache._helpers import generate_body
+from sglang_client.streaming import DeltaTracker, raise_for_event
+from sglang_client.types import (
+    GENERATE_MANY,
+    GENERATE_ONE,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    GenerateResponse,
+    HealthStatus,
+    ModelInfo,
+    ServerInfo,
+    StreamChunk,
+)
+
+__all__ = ["CachedClient", "CachedResult", "CachedStream"]
+
+
+class CachedClient(CacheEngine):
+    """An ``SGLangClient`` (or anything with its methods) behind an n-aware response cache.
+
+    Example:
+        ```python
+        from sglang_client import CachedClient, SGLangClient
+        from sglang_client.cache import SQLiteStore
+
+        async with SGLangClient(url) as client:
+            cached = CachedClient(client, store=SQLiteStore("~/.sglang_cache"))
+            r = await cached.generate("Hi", sampling_params={"n": 3})   # 3 generated
+            r = await cached.generate("Hi", sampling_params={"n": 5})   # 3 cached + 2 generated
+            print(await cached.stats())
+            await cached.aclose()
+        ```
+
+    Args:
+        client: the upstream client.
+        store: where completions live; default ``SQLiteStore("~/.sglang_cache")``.
+        namespace: the model identity in keys; default: the upstream's served model name
+            (``/model_info``, fetched once).
+    """
+
+    # ------------------------------------------------------------------ typed surface
+
+    async def generate(
+        self,
+        text: str | Sequence[str] | None = None,
+        *,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        rid: str | Sequence[str] | None = None,
+        cache: bool = True,
+        **extra: object,
+    ) -> GenerateResponse | list[GenerateResponse]:
+        """``SGLangClient.generate`` through the cache (``cache=False`` bypasses it)."""
+        body = generate_body(text, input_ids, sampling_params, rid, extra)
+        result = await self.generate_json(body, read=cache, write=cache)
+        if isinstance(result.body, list):
+            return GENERATE_MANY.validate_python(result.body)
+        return GENERATE_ONE.validate_python(result.body)
+
+    async def generate_stream(
+        self,
+        text: str | Sequence[str] | None = None,
+        *,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        rid: str | Sequence[str] | None = None,
+        cache: bool = True,
+        **extra: object,
+    ) -> AsyncIterator[StreamChunk]:
+        """``SGLangClient.generate_stream`` through the cache, as ``StreamChunk`` objects."""
+        body = generate_body(text, input_ids, sampling_params, rid, extra)
+        stream = await self.generate_stream_json({**body, "stream": True}, read=cache, write=cache)
+        tracker = DeltaTracker()
+        try:
+            async for event in stream:
+                raise_for_event(event)
+                yield tracker.update(event)
+        finally:
+            await stream.aclose()
+
+    async def chat_completion(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str = "default",
+        cache: bool = True,
+        **params: object,
+    ) -> ChatCompletion:
+        """``SGLangClient.chat_completion`` through the cache."""
+        body = {**params, "messages": list(messages), "model": model}
+        result = await self.openai_json("/v1/chat/completions", body, read=cache, write=cache)
+        return ChatCompletion.model_validate(result.body)
+
+    async def chat_completion_stream(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str = "default",
+        cache: bool = True,
+        **params: object,
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """``SGLangClient.chat_completion_stream`` through the cache."""
+        body = {**params, "messages": list(messages), "model": model, "stream": True}
+        stream = await self.chat_stream_json(body, read=cache, write=cache)
+        try:
+            async for event in stream:
+                raise_for_event(event)
+                yield ChatCompletionChunk.model_validate(event)
+        finally:
+            await stream.aclose()
+
+    async def completion(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        model: str = "default",
+        cache: bool = True,
+        **params: object,
+    ) -> Completion:
+        """``SGLangClient.completion`` through the cache."""
+        body = {**params, "prompt": prompt if isinstance(prompt, str) else list(prompt)}
+        body["model"] = model
+        result = await self.openai_json("/v1/completions", body, read=cache, write=cache)
+        return Completion.model_validate(result.body)
+
+    async def health(self, *, timeout: float = 5.0) -> HealthStatus:
+        """The upstream's health (never raises)."""
+        return await self.client.health(timeout=timeout)
+
+    async def wait_for_ready(self, timeout: float = 120.0, *, interval: float = 0.5) -> None:
+        """Wait for the upstream to be ready."""
+        await self.client.wait_for_ready(timeout, interval=interval)
+
+    async def get_model_info(self) -> ModelInfo:
+        """The upstream's ``/model_info``."""
+        return await self.client.get_model_info()
+
+    async def get_server_info(self) -> ServerInfo:
+        """The upstream's ``/server_info``."""
+        return await self.client.get_server_info()
+
+    async def flush_cache(self) -> str:
+        """Flush the upstream's prefix cache (not this response cache: see ``clear``)."""
+        return await self.client.flush_cache()
+
+    async def open_session(self, capacity_of_str_len: int = 65536) -> str:
+        """Open an upstream session (session requests bypass the cache)."""
+        return await self.client.open_session(capacity_of_str_len)
+
+    async def close_session(self, session_id: str) -> None:
+        """Close an upstream session."""
+        await self.client.close_session(session_id)
+
+    async def __aenter__(self) -> CachedClient:
+        return self
