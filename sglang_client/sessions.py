@@ -1,0 +1,455 @@
+"""Multi-turn sessions over an SGLang server: ``Session``, ``Turn`` and ``SessionManager``.
+
+A session is a conversation the manager continues turn by turn. Three kinds:
+
+* **Text** (default): native ``/generate``. The prompt of a turn is exactly
+  ``system_prompt + input_1 + output_1 + ... + input_k + output_k + new_input``, with no
+  separators (the caller controls the text). Earlier turns are therefore a byte-identical
+  prefix of every later prompt, in this session and in all its forks, so the server's radix
+  cache reuses the whole history.
+* **Chat** (``chat=True``): OpenAI-style ``messages`` over ``/v1/chat/completions``.
+* **Server sessions** (``SessionManager(..., server_sessions=True)``): SGLang's own session API
+  (``/open_session``, ``session_params``, ``/close_session``). Only the new input is sent; the
+  server rebuilds the history from the previous turn's ``rid``. A fork branches from the same
+  parent rid.
+
+Every session appears in ``manager.prefix_tree`` under its ``prefix`` (a ``str``), kept current
+as sessions grow, fork and are deleted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal, overload
+
+import anyio
+
+from sglang_client._session_types import (
+    Session,
+    SessionClient,
+    SessionStream,
+    Turn,
+    aclose_all,
+    chat_meta,
+    message,
+    split_params,
+    task_id,
+)
+from sglang_client.errors import SessionNotFoundError, SGLangError, StreamError
+from sglang_client.prefix_tree import PrefixTree
+from sglang_client.types import GenerateResponse, MetaInfo, StreamChunk
+
+__all__ = ["Session", "SessionClient", "SessionManager", "SessionStream", "Turn"]
+
+
+class SessionManager:
+    """Create, continue, fork and delete sessions on one client.
+
+    Turns of one session never overlap (a per-session lock, held for the whole turn, streams
+    included); different sessions run concurrently. A turn is recorded in ``history`` only when
+    it finished: an error, an abort (``finish_reason.type == "abort"``, returned but not
+    recorded) or a stream left early leaves the history unchanged.
+
+    Example:
+        ```python
+        manager = SessionManager(client)
+        s = await manager.create_session("You are a terse assistant.\\n")
+        r = await manager.generate(s.id, "Q: What is 2+2?\\nA:", max_new_tokens=8, temperature=0)
+        kids = await manager.fork_session(s.id, n=3)     # independent copies of the history
+        await manager.delete_session(kids[0].id)
+        manager.prefix_tree.find_sharing_sessions(s.prefix)
+        ```
+
+    Args:
+        client: an ``SGLangClient``, or anything with the same methods (e.g. a ``CachedClient``).
+            The manager never closes it. (A ``CachedClient`` sends server-session turns
+            upstream uncached, since their output depends on the server's history.)
+        server_sessions: use SGLang's session API (``/open_session``, ``session_params``,
+            ``/close_session``) instead of re-sending the history.
+        capacity_of_str_len: passed to ``/open_session`` (SGLang requires it).
+    """
+
+    def __init__(
+        self,
+        client: SessionClient,
+        *,
+        server_sessions: bool = False,
+        capacity_of_str_len: int = 65536,
+    ) -> None:
+        self._client = client
+        self._server_sessions = server_sessions
+        self._capacity = capacity_of_str_len
+        self._sessions: dict[str, Session] = {}
+        self._server_refs: dict[str, int] = {}
+        self._tree = PrefixTree()
+
+    @property
+    def client(self) -> SessionClient:
+        """The client turns are sent through."""
+        return self._client
+
+    @property
+    def server_sessions(self) -> bool:
+        """Whether new sessions use SGLang's server-side session API."""
+        return self._server_sessions
+
+    @property
+    def prefix_tree(self) -> PrefixTree:
+        """Every live session's ``prefix`` (str keys), e.g. for ``find_sharing_sessions``."""
+        return self._tree
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    async def __aenter__(self) -> SessionManager:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Delete every session (closing their server sessions); the client stays open."""
+        for session_id in list(self._sessions):
+            await self.delete_session(session_id, missing_ok=True)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def create_session(
+        self,
+        system_prompt: str | None = None,
+        *,
+        chat: bool = False,
+        metadata: Mapping[str, object] | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        """Start a session.
+
+        Args:
+            system_prompt: the text every prompt starts with (a system message for chat).
+            chat: use ``/v1/chat/completions`` with OpenAI-style messages.
+            metadata: the caller's own data, kept on ``Session.metadata``.
+            session_id: the id to use; a fresh uuid hex by default.
+
+        Raises:
+            ValueError: ``session_id`` is in use, or ``chat`` with server sessions (SGLang's
+                OpenAI routes ignore ``session_params``).
+            TypeError: ``system_prompt`` is not a str.
+        """
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt must be a str, not {type(system_prompt).__name__}")
+        if chat and self._server_sessions:
+            raise ValueError(
+                "chat sessions cannot use server sessions: SGLang's /v1/chat/completions"
+                " ignores session_params; use a text session or server_sessions=False"
+            )
+        if session_id is None:
+            session_id = uuid.uuid4().hex
+        elif not isinstance(session_id, str) or not session_id:
+            raise ValueError(f"session_id must be a non-empty str, got {session_id!r}")
+        if session_id in self._sessions:
+            raise ValueError(f"session id {session_id!r} is already in use")
+        server_id = None
+        if self._server_sessions:
+            server_id = await self._client.open_session(self._capacity)
+            if session_id in self._sessions:  # taken by a concurrent create_session
+                with anyio.CancelScope(shield=True):
+                    await self._client.close_session(server_id)
+                raise ValueError(f"session id {session_id!r} is already in use")
+            self._server_refs[server_id] = self._server_refs.get(server_id, 0) + 1
+        session = Session(
+            id=session_id,
+            system_prompt=system_prompt,
+            chat=chat,
+            metadata=dict(metadata or {}),
+            server_session_id=server_id,
+        )
+        self._add(session)
+        return session
+
+    def get_session(self, session_id: str) -> Session:
+        """Return the live session with this id.
+
+        Raises:
+            SessionNotFoundError: no such session, or it was deleted.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(f"session {session_id!r} not found (unknown or deleted)")
+        return session
+
+    def list_sessions(self) -> list[Session]:
+        """Every live session, oldest first."""
+        return list(self._sessions.values())
+
+    @overload
+    async def fork_session(self, session_id: str, n: Literal[1] = 1) -> Session: ...
+
+    @overload
+    async def fork_session(self, session_id: str, n: int) -> Session | list[Session]: ...
+
+    async def fork_session(self, session_id: str, n: int = 1) -> Session | list[Session]:
+        """Copy a session: the children start with its history and are independent after.
+
+        The fork copies the turns finished so far; a turn still running on the parent is not
+        part of it (so forking never waits). Server-session children share the server session
+        and branch from the parent's last rid.
+
+        Returns:
+            One ``Session`` for ``n == 1``, else a list of ``n``.
+
+        Raises:
+            SessionNotFoundError: no such session.
+            ValueError: ``n < 1``.
+        """
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {n!r}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        parent = self.get_session(session_id)
+        children = []
+        for _ in range(n):
+            child = Session(
+                id=uuid.uuid4().hex,
+                system_prompt=parent.system_prompt,
+                chat=parent.chat,
+                history=list(parent.history),
+                parent_id=parent.id,
+                metadata=dict(parent.metadata),
+                server_session_id=parent.server_session_id,
+                last_rid=parent.last_rid,
+            )
+            if child.server_session_id is not None:
+                self._server_refs[child.server_session_id] += 1
+            self._add(child)
+            children.append(child)
+        return children[0] if n == 1 else children
+
+    async def delete_session(self, session_id: str, *, missing_ok: bool = False) -> None:
+        """Delete a session: it leaves the manager and the prefix tree at once.
+
+        A turn running on it finishes first (this waits for it); later turns raise
+        ``SessionNotFoundError``. A server session is closed once no live local session
+        (fork) still uses it. Deleting a session from inside its own stream does not wait.
+
+        Raises:
+            SessionNotFoundError: no such session (unless ``missing_ok``).
+            SGLangError: closing the server session failed (the local session is gone anyway).
+        """
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            if missing_ok:
+                return
+            raise SessionNotFoundError(f"session {session_id!r} not found (unknown or deleted)")
+        session._deleted = True
+        self._tree.unregister(session_id)
+        try:
+            if session._owner != task_id():
+                async with session._lock:
+                    pass
+        finally:
+            await self._release(session)
+
+    # ---------------------------------------------------------------- turns
+
+    async def generate(self, session_id: str, prompt: str, **sampling: object) -> GenerateResponse:
+        """Run one turn: send ``prompt`` after the history, record and return the answer.
+
+        Args:
+            session_id: the session to continue.
+            prompt: the new input (for chat: the user message's content).
+            **sampling: SGLang sampling keys (``max_new_tokens``, ``temperature``, ``top_p``,
+                ``top_k``, ``stop``, ``sampling_seed``, ...); a ``sampling_params`` mapping is
+                merged under them; ``timeout`` is passed to the client. For chat sessions
+                ``max_new_tokens`` becomes ``max_tokens`` (either works) and the other keys go
+                to the chat request as they are.
+
+        Returns:
+            The ``GenerateResponse``. For chat sessions it is built from the chat response:
+            ``text`` is the assistant's content and ``meta_info`` as in ``Turn``.
+
+        Raises:
+            SessionNotFoundError: no such session, or it was deleted before the turn began.
+            ValueError: ``n`` other than 1 (a turn is one continuation: fork for more),
+                or ``stream`` (use ``generate_stream``).
+            RuntimeError: this task is already running a turn of the session (a deadlock).
+            SGLangError: the request failed.
+        """
+        session = self.get_session(session_id)
+        params, extra = split_params(prompt, sampling, session.chat)
+        async with self._turn(session):
+            if session.chat:
+                return await self._chat_turn(session, prompt, {**params, **extra})
+            text, kwargs = self._native_request(session, prompt)
+            result = await self._client.generate(text, sampling_params=params, **kwargs, **extra)
+            if isinstance(result, list):
+                raise SGLangError(f"expected one response for a session turn, got {len(result)}")
+            self._record(session, prompt, result.text, result.meta_info, result.output_ids)
+            return result
+
+    def generate_stream(self, session_id: str, prompt: str, **sampling: object) -> SessionStream:
+        """Run one turn as a stream of ``StreamChunk`` objects (``.delta``, ``.text``).
+
+        Arguments are those of ``generate``; the session and arguments are checked at once,
+        the request is sent when iteration starts. The session's lock is held until the stream
+        ends. The turn is recorded when the chunk carrying the finish reason arrives, before
+        it is yielded (so a ``break`` on that chunk keeps it); an error, an abort or leaving
+        earlier records nothing. Chat streams ask for usage (``stream_options``) and put it in
+        the last chunk's ``meta_info``.
+
+        Example:
+            ```python
+            async with contextlib.aclosing(manager.generate_stream(s.id, "Hi")) as stream:
+                async for chunk in stream:
+                    print(chunk.delta, end="")
+            ```
+        """
+        session = self.get_session(session_id)
+        params, extra = split_params(prompt, sampling, session.chat)
+        token = object()
+        if session.chat:
+            chunks = self._chat_stream(session, prompt, {**params, **extra}, token)
+        else:
+            chunks = self._native_stream(session, prompt, params, extra, token)
+        return SessionStream(session, chunks, token)
+
+    # ---------------------------------------------------------------- internals
+
+    def _add(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        self._tree.register_prefix(session.id, session.prefix)
+
+    async def _release(self, session: Session) -> None:
+        """Drop the session's reference to its server session; close it after the last."""
+        server_id = session.server_session_id
+        if session._released or server_id is None:
+            return
+        session._released = True
+        left = self._server_refs[server_id] - 1
+        if left:
+            self._server_refs[server_id] = left
+            return
+        del self._server_refs[server_id]
+        with anyio.CancelScope(shield=True):
+            await self._client.close_session(server_id)
+
+    @asynccontextmanager
+    async def _turn(self, session: Session, token: object = None) -> AsyncIterator[None]:
+        me = task_id()
+        if session._owner == me:
+            raise RuntimeError(
+                f"this task is already running a turn of session {session.id!r}; turns of one"
+                " session never overlap, so this would wait forever"
+            )
+        async with session._lock:
+            if session._deleted:
+                raise SessionNotFoundError(f"session {session.id!r} was deleted")
+            session._owner, session._holder = me, token
+            try:
+                yield
+            finally:
+                session._owner = session._holder = None
+
+    def _native_request(self, session: Session, prompt: str) -> tuple[str, dict[str, Any]]:
+        """The ``/generate`` text and extra fields (``session_params``) of the next turn."""
+        if session.server_session_id is None:
+            return session.prefix + prompt, {}
+        params: dict[str, str] = {"id": session.server_session_id}
+        if session.last_rid is None:
+            # A new root in the server's session tree: the system prompt goes in once, here.
+            return (session.system_prompt or "") + prompt, {"session_params": params}
+        params["rid"] = session.last_rid
+        return prompt, {"session_params": params}
+
+    def _record(
+        self,
+        session: Session,
+        prompt: str,
+        output: str,
+        meta: MetaInfo,
+        output_ids: Sequence[int] = (),
+    ) -> None:
+        finish = meta.finish_reason
+        if finish is not None and finish.type == "abort":
+            return
+        session.history.append(Turn(prompt, output, meta, tuple(output_ids)))
+        if session.server_session_id is not None:
+            session.last_rid = meta.id
+        if not session._deleted:
+            self._tree.register_prefix(session.id, session.prefix)
+
+    async def _chat_turn(
+        self, session: Session, prompt: str, params: dict[str, Any]
+    ) -> GenerateResponse:
+        messages = [*session.messages, message("user", prompt)]
+        completion = await self._client.chat_completion(messages, **params)
+        if not completion.choices:
+            raise SGLangError("the chat completion has no choices")
+        choice = completion.choices[0]
+        meta = chat_meta(completion.id, choice.finish_reason, choice.matched_stop, completion.usage)
+        text = choice.message.content or ""
+        self._record(session, prompt, text, meta)
+        return GenerateResponse(text=text, meta_info=meta)
+
+    async def _native_stream(
+        self,
+        session: Session,
+        prompt: str,
+        params: dict[str, Any],
+        extra: dict[str, Any],
+        token: object,
+    ) -> AsyncGenerator[StreamChunk, None]:
+        async with self._turn(session, token):
+            text, kwargs = self._native_request(session, prompt)
+            stream = self._client.generate_stream(text, sampling_params=params, **kwargs, **extra)
+            iterator = stream.__aiter__()
+            try:
+                async for chunk in iterator:
+                    if chunk.finish_reason is not None:
+                        self._record(session, prompt, chunk.text, chunk.meta_info, chunk.output_ids)
+                    yield chunk
+            finally:
+                await aclose_all(iterator, stream)
+
+    async def _chat_stream(
+        self, session: Session, prompt: str, params: dict[str, Any], token: object
+    ) -> AsyncGenerator[StreamChunk, None]:
+        params.setdefault("stream_options", {"include_usage": True})
+        async with self._turn(session, token):
+            messages = [*session.messages, message("user", prompt)]
+            stream = self._client.chat_completion_stream(messages, **params)
+            iterator = stream.__aiter__()
+            text, rid, usage = "", "", None
+            finish: tuple[str, str, int | str | None] | None = None
+            try:
+                async for chunk in iterator:
+                    usage = chunk.usage or usage
+                    if not chunk.choices:
+                        continue
+                    choice, rid = chunk.choices[0], chunk.id
+                    delta = choice.delta.content or ""
+                    text += delta
+                    if choice.finish_reason is not None:
+                        # Held back until the usage chunk that may follow it.
+                        finish = (choice.finish_reason, delta, choice.matched_stop)
+                    elif delta:
+                        yield StreamChunk(delta=delta, text=text, meta_info=MetaInfo(id=rid))
+            finally:
+                await aclose_all(iterator, stream)
+            if finish is None:
+                raise StreamError("the chat stream ended without a finish reason")
+            meta = chat_meta(rid, finish[0], finish[2], usage)
+            self._record(session, prompt, text, meta)
+            yield StreamChunk(
+                delta=finish[1], text=text, meta_info=meta, finish_reason=meta.finish_reason
+            )

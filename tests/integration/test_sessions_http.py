@@ -1,0 +1,92 @@
+"""SessionManager over real loopback HTTP against the fake server process (or SGLANG_URL).
+
+Assertions stay within what a real SGLang guarantees: prompts carry the history, the radix
+cache serves a fork's shared prefix (``cached_tokens > 0``), server sessions chain by rid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from sglang_client import BadRequestError, GenerateResponse, SessionNotFoundError, SGLangClient
+from sglang_client.sessions import SessionManager
+
+pytestmark = pytest.mark.anyio
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8}
+
+
+@contextlib.asynccontextmanager
+async def managed(url: str, **options: Any) -> AsyncIterator[SessionManager]:
+    async with SGLangClient(url) as client, SessionManager(client, **options) as manager:
+        yield manager
+
+
+async def test_text_session_turns_and_fork_cache(sglang_url: str) -> None:
+    async with managed(sglang_url) as manager:
+        s = await manager.create_session("You answer questions about geography.\n")
+        r1 = await manager.generate(s.id, "Q: What is the capital of France?\nA:", **GREEDY)
+        r2 = await manager.generate(s.id, "\nQ: And of Italy?\nA:", **GREEDY)
+        kid = await manager.fork_session(s.id)
+        r3 = await manager.generate(kid.id, "\nQ: And of Spain?\nA:", **GREEDY)
+    m1, m2, m3 = r1.meta_info, r2.meta_info, r3.meta_info
+    assert m2.prompt_tokens > m1.prompt_tokens
+    assert m2.cached_tokens > 0
+    assert m3.cached_tokens > 0  # a fork's first turn reuses the shared history
+    assert [t.output for t in s.history] == [r1.text, r2.text]
+    assert len(kid.history) == 3
+    assert kid.parent_id == s.id
+
+
+async def test_streamed_turn_is_recorded(sglang_url: str) -> None:
+    async with managed(sglang_url) as manager:
+        s = await manager.create_session("Story time. ")
+        async with manager.generate_stream(s.id, "Once upon a time", **GREEDY) as stream:
+            chunks = [chunk async for chunk in stream]
+        r = await manager.generate(s.id, " The end?", **GREEDY)
+    assert chunks[-1].finish_reason is not None
+    assert s.history[0].output == "".join(c.delta for c in chunks)
+    assert r.meta_info.cached_tokens > 0
+
+
+async def test_server_sessions(sglang_url: str) -> None:
+    async with managed(sglang_url, server_sessions=True) as manager:
+        s = await manager.create_session("System prompt. ")
+        r1 = await manager.generate(s.id, "Hello there.", **GREEDY)
+        r2 = await manager.generate(s.id, " Tell me more.", **GREEDY)
+        alone = await manager.client.generate(" Tell me more.", sampling_params=GREEDY)
+        assert isinstance(alone, GenerateResponse)
+        m1, m2 = r1.meta_info, r2.meta_info
+        history = m1.prompt_tokens + m1.completion_tokens
+        # SGLang drops a leading BOS of the new input when there is history.
+        assert history + alone.meta_info.prompt_tokens - 1 <= m2.prompt_tokens
+        assert m2.prompt_tokens <= history + alone.meta_info.prompt_tokens
+        branches = await manager.fork_session(s.id, n=2)
+        assert isinstance(branches, list)
+        left, right = branches
+        for branch in (left, right):
+            r = await manager.generate(branch.id, " Go on.", **GREEDY)
+            assert r.meta_info.prompt_tokens > m2.prompt_tokens + m2.completion_tokens
+            assert r.meta_info.cached_tokens > 0
+        server_id = s.server_session_id
+        assert server_id is not None
+        for session in (s, left, right):
+            await manager.delete_session(session.id)
+        with pytest.raises(SessionNotFoundError):
+            await manager.generate(s.id, "x")
+        with pytest.raises(BadRequestError):
+            await manager.client.generate("x", session_params={"id": server_id})
+
+
+async def test_chat_session(sglang_url: str) -> None:
+    async with managed(sglang_url) as manager:
+        s = await manager.create_session("You are terse.", chat=True)
+        await manager.generate(s.id, "Hi!", max_new_tokens=6, temperature=0)
+        await manager.generate(s.id, "Again?", max_new_tokens=6, temperature=0)
+    m1, m2 = s.history[0].meta_info, s.history[1].meta_info
+    assert m2.prompt_tokens > m1.prompt_tokens
+    assert len(s.messages) == 5
