@@ -1,0 +1,153 @@
+"""The proxy's own routes: ``/cache/stats``, ``/cache/info``, ``/cache/clear``, ``/health``,
+``/metrics``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from sglang_client.cache.stores.base import StoreError
+from sglang_client.server._asgi import Scope, Send, error_body, send_bytes, send_json
+
+if TYPE_CHECKING:
+    from sglang_client.cache import CachedClient
+    from sglang_client.server._hits import HitMemo
+    from sglang_client.server._metrics import Metrics
+
+__all__ = ["AdminRoutes"]
+
+_PROMETHEUS_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+_MAX_PAGE = 1000
+
+
+def _store_limits(store: Any) -> dict[str, Any]:
+    ttl_ms = getattr(store, "_ttl_ms", None)  # RedisStore keeps its TTL in milliseconds
+    return {
+        "max_entries": getattr(store, "_max_entries", None),
+        "max_bytes": getattr(store, "_max_bytes", None),
+        "ttl": getattr(store, "_ttl", None) or (ttl_ms / 1000 if ttl_ms else None),
+    }
+
+
+def _file_size(path: object) -> int | None:
+    try:
+        return os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else None
+    except OSError:
+        return None
+
+
+class AdminRoutes:
+    """Handlers of the proxy's own routes; each returns the status it sent."""
+
+    def __init__(
+        self, cached: CachedClient, metrics: Metrics, memo: HitMemo, upstream_url: str
+    ) -> None:
+        self.cached = cached
+        self.metrics = metrics
+        self.memo = memo
+        self.upstream_url = upstream_url
+        self.started = time.time()
+
+    async def stats(self, send: Send) -> int:
+        """``GET /cache/stats``: what the store holds and how requests were served."""
+        stats = (await self.cached.stats()).as_dict()
+        stats["cache_file"] = stats["store_location"]
+        await send_json(send, 200, stats)
+        return 200
+
+    async def info(self, scope: Scope, send: Send) -> int:
+        """``GET /cache/info?offset=&limit=``: store, limits, size, age range, a page of keys."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            offset = int(query.get("offset", ["0"])[0])
+            limit = int(query.get("limit", ["50"])[0])
+            if offset < 0 or not 1 <= limit <= _MAX_PAGE:
+                raise ValueError
+        except ValueError:
+            message = f"offset must be an integer >= 0 and limit an integer in 1..{_MAX_PAGE}."
+            await send_json(send, 400, error_body(400, message, "Bad Request"))
+            return 400
+        store = self.cached.store
+        try:
+            counts = await store.count()
+            entries = await store.iter_entries(offset=offset, limit=limit)
+            first = await store.iter_entries(offset=0, limit=1)
+            last = await store.iter_entries(offset=max(0, counts.num_keys - 1), limit=1)
+        except StoreError as exc:
+            message = f"The cache store failed: {exc}"
+            await send_json(send, 503, error_body(503, message, "Service Unavailable"))
+            return 503
+        path = getattr(store, "path", None)
+        info = {
+            "store": store.kind,
+            "location": store.location,
+            "limits": _store_limits(store),
+            "num_keys": counts.num_keys,
+            "total_responses": counts.total_responses,
+            "size_bytes": _file_size(path),
+            "oldest_entry": first[0].created_at if first else None,
+            "newest_entry": last[0].created_at if last else None,
+            "pending_writes": store.pending_writes,
+            "offset": offset,
+            "limit": limit,
+            "next_offset": offset + len(entries)
+            if offset + len(entries) < counts.num_keys
+            else None,
+            "keys": [
+                {
+                    "key": e.key,
+                    "completions": len(e.completions),
+                    "created_at": e.created_at,
+                    "updated_at": e.updated_at,
+                    "request": e.request,
+                }
+                for e in entries
+            ],
+        }
+        await send_json(send, 200, info)
+        return 200
+
+    async def clear(self, send: Send) -> int:
+        """``POST /cache/clear`` (the caller checked the admin key)."""
+        try:
+            removed = await self.cached.clear()
+        except StoreError as exc:
+            message = f"Clearing the cache failed: {exc}"
+            await send_json(send, 503, error_body(503, message, "Service Unavailable"))
+            return 503
+        self.memo.clear()
+        await send_json(send, 200, {"cleared": removed})
+        return 200
+
+    async def health(self, send: Send) -> int:
+        """``GET /health``: 200 while the proxy serves, with its store's and upstream's state."""
+        upstream = await self.cached.client.health(timeout=2.0)
+        body = {
+            "status": "ok" if upstream.available else "degraded",
+            "uptime": round(time.time() - self.started, 3),
+            "store": self.cached.store.kind,
+            "pending_writes": self.cached.store.pending_writes,
+            "upstream": {
+                "url": self.upstream_url,
+                "available": upstream.available,
+                "latency": upstream.latency,
+                "status_code": upstream.status_code,
+                "error": upstream.error,
+            },
+        }
+        await send_json(send, 200, body)
+        return 200
+
+    async def prometheus(self, send: Send) -> int:
+        """``GET /metrics``: Prometheus text."""
+        counters = self.cached._counters
+        text = self.metrics.render(
+            counters.hits,
+            counters.misses,
+            counters.partial_hits,
+            self.cached.store.pending_writes,
+        )
+        await send_bytes(send, 200, text.encode(), [_PROMETHEUS_TYPE])
+        return 200

@@ -1,0 +1,125 @@
+"""The proxy's hit path for ``POST /generate``: finished responses, re-checked on every use.
+
+A cache hit through ``CachedClient`` decodes the JSON body, validates it, splits it per prompt,
+hashes a canonical key, decodes the stored completions and encodes the response again: about
+100 us of CPU, as much as the whole HTTP server spends on a request. Here the raw request bytes
+of a single-prompt ``/generate`` that was answered as a HIT map to the encoded response. Serving
+it again still asks the store for the entry (``limit=0``, so nothing is decoded where the store
+allows it) and uses the memo only if the entry is the very one it was built from (same
+``created_at``). Stores only ever append completions to an entry, so the first ``n`` are the
+same as long as the entry lives: an expired, evicted, cleared or deleted entry (on this proxy or,
+with Redis, any other) falls back to the full path. The memo is built from what the full path
+answered and is dropped if it would differ from it by a single byte.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from sglang_client.cache._records import split_generate
+from sglang_client.cache.keys import cache_key, is_greedy
+from sglang_client.cache.stores.base import StoreError
+from sglang_client.server._asgi import JSON_TYPE, dumps, with_length
+
+if TYPE_CHECKING:
+    from sglang_client.cache import CachedClient
+
+__all__ = ["HitMemo", "MemoHit"]
+
+_OVERHEAD = 200  # bytes per memo entry beyond its two byte strings (object headers, dict slot)
+
+
+_HIT_HEADERS = [JSON_TYPE, (b"x-cache", b"HIT")]
+
+
+class MemoHit:
+    """One memoised response: the cache key, which entry it came from, and what to send."""
+
+    __slots__ = ("created_at", "headers", "key", "response", "served")
+
+    def __init__(self, key: str, created_at: float, response: bytes, served: int) -> None:
+        self.key = key
+        self.created_at = created_at
+        self.response = response
+        self.headers = with_length(_HIT_HEADERS, response)
+        self.served = served
+
+
+class HitMemo:
+    """Encoded ``/generate`` hits keyed by the exact request body, LRU-bounded by bytes.
+
+    Args:
+        cached: the cache the proxy serves from (its store and model identity).
+        max_bytes: memory budget (request plus response bytes); 0 disables the memo.
+        max_body: longest request body worth memoising.
+    """
+
+    def __init__(self, cached: CachedClient, max_bytes: int, max_body: int = 16384) -> None:
+        self.cached = cached
+        self.max_bytes = max_bytes
+        self.max_body = max_body
+        self._items: OrderedDict[bytes, MemoHit] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the memo is in use."""
+        return self.max_bytes > 0
+
+    async def lookup(self, raw: bytes) -> MemoHit | None:
+        """The memoised response for ``raw`` if its cache entry is still the same, else ``None``."""
+        hit = self._items.get(raw)
+        if hit is None:
+            return None
+        try:
+            entry = await self.cached.store.get(hit.key, limit=0)
+        except StoreError:
+            entry = None  # the full path reports the failure and degrades to a miss
+        if entry is None or entry.created_at != hit.created_at:
+            self._drop(raw)
+            return None
+        self._items.move_to_end(raw)
+        return hit
+
+    async def remember(self, raw: bytes, body: Mapping[str, Any], response: bytes) -> None:
+        """Memoise ``response``, the HIT the full path just sent for ``raw`` (parsed: ``body``)."""
+        if len(raw) > self.max_body or raw in self._items:
+            return
+        model = self.cached._model  # set by the request that just hit
+        split = split_generate(body)
+        if model is None or split is None or not split.single:
+            return
+        key = cache_key("generate", model, split.request(0))
+        need = 1 if is_greedy(split.samplings[0].get("temperature")) else split.n
+        try:
+            entry = await self.cached.store.get(key, limit=need)
+        except StoreError:
+            return
+        if entry is None or len(entry.completions) < need:
+            return
+        have = entry.completions
+        samples = have[: split.n] if len(have) >= split.n else (have * split.n)[: split.n]
+        if dumps(samples[0] if split.n == 1 else samples) != response:
+            return  # not what the full path answers: never serve it
+        size = 2 * len(raw) + len(response) + _OVERHEAD
+        if size > self.max_bytes:
+            return
+        self._items[raw] = MemoHit(key, entry.created_at, response, split.n)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))
+
+    def clear(self) -> None:
+        """Forget every memoised response."""
+        self._items.clear()
+        self._bytes = 0
+
+    def _drop(self, raw: bytes) -> None:
+        hit = self._items.pop(raw, None)
+        if hit is not None:
+            self._bytes -= 2 * len(raw) + len(hit.response) + _OVERHEAD
