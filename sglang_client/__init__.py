@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from sglang_client._version import __version__
+from sglang_client.cache.middleware import CachedClient
 from sglang_client.client import SGLangClient
 from sglang_client.errors import (
     APIConnectionError,
@@ -50,6 +51,7 @@ __all__ = [
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
+    "CachedClient",
     "ChatCompletion",
     "ChatCompletionChunk",
     "Completion",

@@ -94,6 +94,7 @@ class RetryPolicy:
             reraise=True,
             sleep=_sleep,
         )
+
         async def attempt() -> T:
             # tenacity awaits only what it recognises as a coroutine function.
             return await attempt_once()

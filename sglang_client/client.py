@@ -424,6 +424,38 @@ class SGLangClient:
         """Close a server-side session (``/close_session``); unknown ids are fine."""
         await self._post_json("/close_session", {"session_id": session_id}, timeout)
 
+    # ---------------------------------------------------------------- raw JSON access
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> Any:
+        """Send a request to any route and return its decoded JSON body, untouched.
+
+        For routes this client has no method for, and for layers (the cache, the proxy) that must
+        pass SGLang's bodies through byte for byte. Errors raise like every other method.
+        """
+        self._check_open()
+        response = await self._http.request(method, path, body=body, timeout=timeout)
+        try:
+            return json.loads(response.content)
+        except ValueError as exc:
+            raise SGLangError(f"non-JSON response from {path}: {response.text[:200]!r}") from exc
+
+    def stream_json(
+        self, path: str, body: Mapping[str, Any], *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> AsyncStream[JSONDict]:
+        """Stream any SSE route as raw decoded events (``[DONE]`` excluded).
+
+        Error events are yielded, not raised: the caller decides (see
+        ``sglang_client.streaming.raise_for_event``).
+        """
+        return self._stream(path, {**body, "stream": True}, timeout, _load_event)
+
     # ---------------------------------------------------------------- OpenAI-compatible API
 
     async def chat_completion(

@@ -20,8 +20,8 @@ from sglang_client import (
     GenerateResponse,
     InternalServerError,
     NotFoundError,
-    SGLangClient,
     ServerOverloadedError,
+    SGLangClient,
     StreamError,
 )
 
@@ -136,9 +136,7 @@ ERROR_SHAPES = [
         "top_p must be in (0, 1], got 0.0.",
         id="400-semantic-nested",
     ),
-    pytest.param(
-        401, {"error": "Unauthorized"}, AuthenticationError, "Unauthorized", id="401"
-    ),
+    pytest.param(401, {"error": "Unauthorized"}, AuthenticationError, "Unauthorized", id="401"),
     pytest.param(
         404,
         {"detail": "Not Found"},
@@ -299,7 +297,7 @@ def sse(*payloads: object) -> list[bytes]:
 
 
 def stream_chunk(text: str, ids: list[int], done: bool, index: int | None = None) -> dict:
-    payload = one(text, completion_tokens=len(ids) if done or True else 0)
+    payload = one(text, completion_tokens=len(ids))
     payload["output_ids"] = ids
     meta = payload["meta_info"]
     assert isinstance(meta, dict)

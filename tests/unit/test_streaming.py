@@ -61,7 +61,7 @@ def test_sse_decoder_drops_a_partial_last_line() -> None:
 
 
 def _chunk(
-    text: str, ids: list[int], completion_tokens: int, finish: object = None, index: int | None = None
+    text: str, ids: list[int], tokens: int, finish: object = None, index: int | None = None
 ) -> dict[str, object]:
     payload: dict[str, object] = {
         "text": text,
@@ -70,7 +70,7 @@ def _chunk(
             "id": "r1",
             "finish_reason": finish,
             "prompt_tokens": 3,
-            "completion_tokens": completion_tokens,
+            "completion_tokens": tokens,
             "cached_tokens": 0,
         },
     }
