@@ -54,7 +54,7 @@ def post(url: str, body: dict[str, Any]) -> tuple[Any, str, float]:
 
 
 def show(step: str, seconds: float, cache: str, detail: str) -> None:
-    print(f"  {step:<34} {seconds * 1e3:8.1f} ms  X-Cache: {cache:<8} {detail}")
+    print(f"  {step:<30} {seconds * 1e3:8.1f} ms  X-Cache: {cache:<8} {detail}")
 
 
 def main() -> int:
@@ -87,23 +87,33 @@ def main() -> int:
     return 0
 
 
+def cache_stats(proxy: str) -> dict[str, Any]:
+    with urllib.request.urlopen(proxy + "/cache/stats", timeout=10) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
 def walk(proxy: str) -> None:
     body = {
         "text": "Write one line about the sea.",
         "sampling_params": {"max_new_tokens": 24, "temperature": 0.8},
     }
-    data, cache, t = post(proxy + "/generate", body)
-    show("POST /generate (first time)", t, cache, repr(data["text"][:40]))
-    data, cache, t = post(proxy + "/generate", body)
-    show("POST /generate (same request)", t, cache, repr(data["text"][:40]))
+
+    def step(name: str, request: dict[str, Any]) -> None:
+        before = cache_stats(proxy)["completions_generated"]
+        data, cache, t = post(proxy + "/generate", request)
+        generated = cache_stats(proxy)["completions_generated"] - before
+        items = data if isinstance(data, list) else [data]
+        detail = f"{len(items)} completion(s), {generated} generated upstream"
+        show(name, t, cache, f"{detail}: {items[0]['text'][:28]!r}")
+
+    step("POST /generate (first time)", body)
+    step("POST /generate (same request)", body)
     three = {**body, "sampling_params": {**body["sampling_params"], "n": 3}}
-    data, cache, t = post(proxy + "/generate", three)
-    show("POST /generate n=3 (1 cached)", t, cache, f"{len(data)} completions, 2 generated")
+    step("POST /generate n=3", three)
     five = {**body, "sampling_params": {**body["sampling_params"], "n": 5}}
-    data, cache, t = post(proxy + "/generate", five)
-    show("POST /generate n=5 (3 cached)", t, cache, f"{len(data)} completions, 2 generated")
-    data, cache, t = post(proxy + "/generate", three)
-    show("POST /generate n=3 again", t, cache, f"{len(data)} completions, 0 generated")
+    step("POST /generate n=5", five)
+    step("POST /generate n=3 again", three)
 
     import openai
 
@@ -118,15 +128,14 @@ def walk(proxy: str) -> None:
         )
         chat = raw.parse()
         show(
-            f"openai chat.completions ({attempt})",
+            f"openai chat ({attempt})",
             time.perf_counter() - started,
             raw.headers.get("x-cache", "-"),
-            repr(chat.choices[0].message.content[:40]),
+            repr((chat.choices[0].message.content or "")[:40]),
         )
     client.close()
 
-    with urllib.request.urlopen(proxy + "/cache/stats", timeout=10) as response:
-        stats = json.loads(response.read())
+    stats = cache_stats(proxy)
     print(
         f"\n  /cache/stats: {stats['num_keys']} keys, {stats['total_responses']} completions"
         f" stored; hits={stats['hits']} misses={stats['misses']}"

@@ -29,6 +29,8 @@ from sglang_client.errors import (
     StreamError,
     UnprocessableEntityError,
 )
+from sglang_client.prefix_tree import BatchAnalysis, PrefixStats, PrefixTree
+from sglang_client.sessions import Session, SessionManager, SessionStream, Turn
 from sglang_client.streaming import AsyncStream
 from sglang_client.types import (
     ChatCompletion,
@@ -51,6 +53,7 @@ __all__ = [
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
+    "BatchAnalysis",
     "CachedClient",
     "ChatCompletion",
     "ChatCompletionChunk",
@@ -64,13 +67,19 @@ __all__ = [
     "ModelInfo",
     "NotFoundError",
     "PermissionDeniedError",
+    "PrefixStats",
+    "PrefixTree",
     "SGLangClient",
     "SGLangError",
     "ServerInfo",
     "ServerOverloadedError",
+    "Session",
+    "SessionManager",
     "SessionNotFoundError",
+    "SessionStream",
     "StreamChunk",
     "StreamError",
+    "Turn",
     "UnprocessableEntityError",
     "__version__",
 ]

@@ -7,6 +7,9 @@ import sglang_client.cache
 
 CONTRACT = {
     "SGLangClient",
+    "SessionManager",
+    "Session",
+    "PrefixTree",
     "CachedClient",
     "GenerateResponse",
     "StreamChunk",
