@@ -147,6 +147,14 @@ def test_connect_reset_and_hang_faults(server: FakeSGLangServer, client: httpx.C
     with pytest.raises(httpx.ReadTimeout):
         client.post("/generate", json={"text": "x"}, timeout=0.3)
     assert client.post("/generate", json={"text": "x"}).status_code == 200
+    server.app.faults.fail_next(1, "hang", path="/model_info")
+    server.app.faults.fail_next(1, "connect_reset", path="/health")
+    with pytest.raises(httpx.ReadTimeout):
+        client.get("/model_info", timeout=0.3)
+    with pytest.raises(httpx.TransportError):
+        client.get("/health")
+    assert client.get("/model_info").status_code == 200
+    assert server.app.faults.pending == 0
 
 
 def test_drop_stream_cuts_the_connection_after_a_chunk(
