@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from pydantic import ValidationError
+
 from sglang_client.errors import StreamError, error_from_status, extract_error_message
 from sglang_client.types import MetaInfo, StreamChunk
 
@@ -133,7 +135,10 @@ class DeltaTracker:
         index = payload.get("index") or 0
         text = payload.get("text") or ""
         ids: list[int] = payload.get("output_ids") or []
-        meta = MetaInfo.model_validate(payload["meta_info"])
+        try:
+            meta = MetaInfo.model_validate(payload["meta_info"])
+        except ValidationError as exc:
+            raise StreamError(f"malformed meta_info in stream event: {exc}", body=payload) from exc
         prev_text = self._texts.get(index, "")
         prev_ids = self._ids.get(index, [])
         if self._is_cumulative(text, ids, meta, prev_text, prev_ids):

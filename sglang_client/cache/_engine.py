@@ -17,10 +17,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sglang_client.cache._helpers import (
+    CachedResult,
+    CachedStream,
     ChatRecorder,
     StreamRecorder,
     all_finished,
@@ -56,33 +57,6 @@ JSON = dict[str, Any]
 DEFAULT_CACHE_PATH = "~/.sglang_cache"
 
 
-@dataclass
-class CachedResult:
-    """A raw response and how the cache served it."""
-
-    body: Any
-    status: CacheStatus
-    from_cache: int = 0
-    generated: int = 0
-
-
-class CachedStream:
-    """Raw stream events plus the cache status, known before the first event."""
-
-    def __init__(self, status: CacheStatus, events: AsyncIterator[JSON]) -> None:
-        self.status = status
-        self._events = events
-
-    def __aiter__(self) -> AsyncIterator[JSON]:
-        return self._events
-
-    async def aclose(self) -> None:
-        """Stop the stream (nothing partial is stored)."""
-        aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 class CacheEngine:
     """Serve raw SGLang request bodies through the cache; ``CachedClient`` adds typed methods.
 
@@ -110,6 +84,8 @@ class CacheEngine:
         self._locks = KeyedLocks()
         self._counters = Counters()
         self._store_failing = False
+        # Only a store other processes write to needs its own (cross-process) lock.
+        self._shared_store = bool(getattr(store, "is_shared", store.kind == "redis"))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -152,6 +128,8 @@ class CacheEngine:
     async def _lock(self, stack: AsyncExitStack, keys: Sequence[str]) -> None:
         """Coalesce: this process's per-key locks, then the store's (cross-process for Redis)."""
         await stack.enter_async_context(self._locks.hold(keys))
+        if not self._shared_store:
+            return  # this process's locks already serialise an in-process store
         for key in sorted(set(keys)):
             try:
                 await stack.enter_async_context(self.store.lock(key))
@@ -160,6 +138,27 @@ class CacheEngine:
 
     def _record(self, status: CacheStatus, started: float, cached: int, generated: int) -> None:
         self._counters.record(status, time.perf_counter() - started, cached, generated)
+
+    @property
+    def model(self) -> str | None:
+        """The model identity in keys, once known (``namespace``, or fetched on first use)."""
+        return self._model
+
+    def generate_key(self, body: Mapping[str, Any]) -> tuple[str, int, int] | None:
+        """``(key, completions needed, n)`` of a single-prompt ``/generate`` body, else ``None``.
+
+        ``None`` too while the model identity is unknown. For layers (the proxy's memo of
+        encoded hits) that must find the same entry ``generate_json`` would use.
+        """
+        split = split_generate(body)
+        if self._model is None or split is None or not split.single:
+            return None
+        need = 1 if is_greedy(split.samplings[0].get("temperature")) else split.n
+        return cache_key("generate", self._model, split.request(0)), need, split.n
+
+    def record_hit(self, seconds: float, served: int) -> None:
+        """Count a hit served by a layer above the engine (it reads the same entries)."""
+        self._counters.record(CacheStatus.HIT, seconds, served, 0)
 
     # ------------------------------------------------------------------ /generate
 
@@ -195,7 +194,10 @@ class CacheEngine:
             generated = await self._top_up(body, split, keys, need, cached, write)
         output = self._generate_output(split, cached)
         from_cache = sum(need) - generated
-        status = CacheStatus.PARTIAL if from_cache else CacheStatus.MISS
+        if generated == 0:  # filled by a concurrent request while this one waited
+            status = CacheStatus.HIT
+        else:
+            status = CacheStatus.PARTIAL if from_cache else CacheStatus.MISS
         self._record(status, started, from_cache, generated)
         return CachedResult(output, status, from_cache=from_cache, generated=generated)
 

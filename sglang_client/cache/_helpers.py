@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from sglang_client.cache.stats import CacheStatus
+from sglang_client.errors import StreamError
 from sglang_client.streaming import DeltaTracker
 
 __all__ = [
+    "CachedResult",
+    "CachedStream",
     "ChatRecorder",
     "StreamRecorder",
     "all_finished",
@@ -22,6 +27,33 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
+
+
+@dataclass
+class CachedResult:
+    """A raw response and how the cache served it."""
+
+    body: Any
+    status: CacheStatus
+    from_cache: int = 0
+    generated: int = 0
+
+
+class CachedStream:
+    """Raw stream events plus the cache status, known before the first event."""
+
+    def __init__(self, status: CacheStatus, events: AsyncIterator[JSON]) -> None:
+        self.status = status
+        self._events = events
+
+    def __aiter__(self) -> AsyncIterator[JSON]:
+        return self._events
+
+    async def aclose(self) -> None:
+        """Stop the stream (nothing partial is stored)."""
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def without_stream(body: Mapping[str, Any]) -> JSON:
@@ -104,7 +136,11 @@ class StreamRecorder:
         if "error" in event or "meta_info" not in event:
             self._failed = True
             return
-        chunk = self._tracker.update(dict(event))
+        try:
+            chunk = self._tracker.update(dict(event))
+        except StreamError:
+            self._failed = True  # pass it through; store nothing
+            return
         if chunk.finish_reason is not None:
             self._final[chunk.index] = {
                 "text": chunk.text,

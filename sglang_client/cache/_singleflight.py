@@ -45,7 +45,10 @@ class KeyedLocks:
         acquired: list[_Slot] = []
         try:
             for _, slot in slots:
-                await slot.lock.acquire()
+                try:
+                    slot.lock.acquire_nowait()  # the common, uncontended case: no loop turn
+                except anyio.WouldBlock:
+                    await slot.lock.acquire()
                 acquired.append(slot)
             yield
         finally:

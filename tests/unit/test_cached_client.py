@@ -192,6 +192,8 @@ async def test_concurrent_identical_requests_coalesce(make_store: StoreFactory) 
             tg.start_soon(one)
     assert up.generated == 1
     assert len({r[0] for r in results}) == 1
+    stats = await cached.stats()
+    assert (stats.misses, stats.hits, stats.partial_hits) == (1, 19, 0)  # waiters are hits
 
 
 async def test_concurrent_growing_n_never_duplicates(make_store: StoreFactory) -> None:
