@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -11,12 +14,23 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+WRK_INSTALL = "apt-get install -y wrk"
 
 __all__ = [
+    "WRK_INSTALL",
+    "WrkRun",
+    "busy_seconds",
+    "children_seconds",
+    "ensure_wrk",
     "free_port",
     "percentile",
     "print_table",
+    "run_wrk",
     "process_cpu_seconds",
+    "runqueue_seconds",
     "run_process_server",
     "serve_process",
     "steal_percent",
@@ -97,6 +111,105 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class WrkRun:
+    """One wrk run: throughput, latency, steal, errors, and per process CPU and run-queue wait.
+
+    ``cpu`` and ``runq`` are in % of the run's wall time; ``others`` is the CPU (in % of one core)
+    used meanwhile by processes outside the benchmark.
+    """
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    steal: float
+    errors: int
+    cpu: dict[str, float]
+    others: float
+    runq: dict[str, float]
+
+
+def runqueue_seconds(pid: int) -> float:
+    """Seconds a process has spent runnable but waiting for a CPU (Linux schedstat; NaN if none)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (all cores, steal excluded)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    return (sum(fields[:8]) - idle - steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_seconds() -> float:
+    """CPU seconds used by this process's finished children (wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def wrk_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(
+    url: str, script: Path, connections: int, seconds: float, pids: dict[str, int]
+) -> WrkRun:
+    """One wrk run; also the CPU each named process used during it (% of one core)."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script)]
+    meter = StealMeter()
+    before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
+    waited = {name: runqueue_seconds(pid) for name, pid in pids.items()}
+    busy, children = busy_seconds(), children_seconds()
+    meter.start()
+    started = time.monotonic()
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    elapsed = time.monotonic() - started
+    steal = meter.stop()
+    cpu = {
+        name: 100 * (process_cpu_seconds(pid) - before[name]) / elapsed
+        for name, pid in pids.items()
+    }
+    runq = {
+        name: 100 * (runqueue_seconds(pid) - waited[name]) / elapsed for name, pid in pids.items()
+    }
+    # CPU that neither wrk nor the servers under test used: other tenants of this machine.
+    ours = sum(cpu.values()) + 100 * (children_seconds() - children) / elapsed
+    others = max(0.0, 100 * (busy_seconds() - busy) / elapsed - ours)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = wrk_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = wrk_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = int(found.group(1)) if found else 0
+    found = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors += sum(int(n) for n in found.groups()) if found else 0
+    return WrkRun(rps, p50, p99, steal, errors, cpu, others, runq)
+
+
+def ensure_wrk(install: bool) -> None:
+    """Exit with the install command unless wrk is on PATH (or install it, as root)."""
+    if shutil.which("wrk"):
+        return
+    if install and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
+        return
+    sys.exit(
+        f"wrk is not installed. Install it with:\n    {WRK_INSTALL}\n"
+        "(or rerun this script as root with --install-wrk)"
+    )
 
 
 def _cpu_times() -> tuple[int, int]:

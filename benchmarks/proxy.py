@@ -14,9 +14,11 @@ zero latency:
 3. Added latency of a miss at concurrency 1: direct and proxied requests interleaved one by one,
    p50 of each and of the difference.
 
-Load comes from ``wrk`` (C, one thread, POST bodies from Lua), not from Python. CPU steal from
-/proc/stat is printed with every figure: this machine's speed swings several-fold between runs.
-The proxies run with ``--quiet`` (no per-request log line).
+Load comes from ``wrk`` (C, one thread, POST bodies from Lua), not from Python. With every figure
+come the CPU steal (/proc/stat), the CPU the servers used (``cpu us/req`` is robust to other
+load), ``runq %``: how long a server was runnable but waiting for a CPU, and ``others %``: CPU
+used meanwhile by processes outside the benchmark, in % of one core.
+This machine's speed swings several-fold between runs. The proxies run with ``--quiet``.
 
     apt-get install -y wrk        # or: benchmarks/proxy.py --install-wrk   (as root)
     .venv/bin/python benchmarks/proxy.py [--duration 4] [--rounds 3] [--prefill 50000] [--quick]
@@ -29,28 +31,27 @@ import asyncio
 import contextlib
 import http.client
 import json
-import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    WRK_INSTALL,
     StealMeter,
+    WrkRun,
+    busy_seconds,
+    ensure_wrk,
     free_port,
     percentile,
     print_table,
-    process_cpu_seconds,
+    run_wrk,
     serve_process,
 )
 
@@ -58,7 +59,24 @@ REQUEST = {
     "text": "The capital of France is",
     "sampling_params": {"max_new_tokens": 8, "temperature": 0.7},
 }
-WRK_INSTALL = "apt-get install -y wrk"
+
+
+def _columns(spec: str) -> list[str]:
+    return spec.split("|")
+
+
+HIT_COLUMNS = _columns(
+    "server|conc|req/s|p50 ms|p99 ms|x floor|cpu %|cpu us/req|x floor by cpu|runq %|"
+    "steal %|others %|errors"
+)
+MISS_COLUMNS = _columns(
+    "path|req/s|p50 ms|p99 ms|x direct|fake cpu %|proxy cpu %|fake us/req|"
+    "proxy us/req|proxy runq %|steal %|others %|errors"
+)
+LATENCY_COLUMNS = _columns(
+    "proxy|direct p50 ms|proxied p50 ms|added p50 ms|p50 of diffs ms|added p99 ms|"
+    "steal %|machine busy %"
+)
 
 
 # ---------------------------------------------------------------------- the floor server
@@ -98,26 +116,6 @@ def serve_floor(port: int, body_file: str) -> None:
 # ---------------------------------------------------------------------- wrk
 
 
-@dataclass
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    steal: float
-    errors: int
-    cpu: dict[str, float]
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if match is None:
-        raise ValueError(f"unreadable wrk latency {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
 def hit_script(directory: Path, body: bytes) -> Path:
     path = directory / "hit.lua"
     path.write_text(
@@ -143,42 +141,6 @@ def miss_script(directory: Path) -> Path:
         "end\n"
     )
     return path
-
-
-def wrk(url: str, script: Path, connections: int, seconds: float, pids: dict[str, int]) -> Run:
-    """One wrk run; also the CPU each named process used during it (% of one core)."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script)]
-    meter = StealMeter()
-    before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
-    meter.start()
-    started = time.monotonic()
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    elapsed = time.monotonic() - started
-    steal = meter.stop()
-    cpu = {
-        name: 100 * (process_cpu_seconds(pid) - before[name]) / elapsed
-        for name, pid in pids.items()
-    }
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = 0
-    for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
-        found = re.search(pattern, out)
-        errors += int(found.group(1)) if found else 0
-    return Run(rps, p50, p99, steal, errors, cpu)
-
-
-def ensure_wrk(install: bool) -> None:
-    if shutil.which("wrk"):
-        return
-    if install and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
-        return
-    sys.exit(
-        f"wrk is not installed. Install it with:\n    {WRK_INSTALL}\n"
-        "(or rerun this script as root with --install-wrk)"
-    )
 
 
 # ---------------------------------------------------------------------- servers
@@ -230,17 +192,22 @@ def fmt(value: float, digits: int = 2) -> str:
 
 def measure_hits(
     targets: dict[str, tuple[str, int]], script: Path, seconds: float, rounds: int
-) -> dict[tuple[str, int], list[Run]]:
-    runs: dict[tuple[str, int], list[Run]] = {}
+) -> dict[tuple[str, int], list[WrkRun]]:
+    runs: dict[tuple[str, int], list[WrkRun]] = {}
     for connections in (1, 32, 64):
         for _ in range(rounds):
             for name, (url, pid) in targets.items():
-                run = wrk(url + "/generate", script, connections, seconds, {"server": pid})
+                run = run_wrk(url + "/generate", script, connections, seconds, {"server": pid})
                 runs.setdefault((name, connections), []).append(run)
     return runs
 
 
-def print_hits(runs: dict[tuple[str, int], list[Run]], names: list[str]) -> dict[str, float]:
+def _cpu_us(run: WrkRun, process: str) -> float:
+    """CPU microseconds one process spent per request (robust to other tenants' load)."""
+    return 1e4 * run.cpu[process] / run.rps if run.rps else float("nan")
+
+
+def print_hits(runs: dict[tuple[str, int], list[WrkRun]], names: list[str]) -> dict[str, float]:
     rows = []
     ratios_at_64: dict[str, float] = {}
     for connections in (1, 32, 64):
@@ -248,8 +215,13 @@ def print_hits(runs: dict[tuple[str, int], list[Run]], names: list[str]) -> dict
         for name in names:
             mine = runs[(name, connections)]
             ratio = statistics.median(m.rps / f.rps for m, f in zip(mine, floor, strict=True))
+            by_cpu = statistics.median(
+                _cpu_us(f, "server") / _cpu_us(m, "server")
+                for m, f in zip(mine, floor, strict=True)
+            )
             if connections == 64:
                 ratios_at_64[name] = ratio
+                ratios_at_64[name + " (cpu)"] = by_cpu
             rows.append(
                 [
                     name,
@@ -259,13 +231,17 @@ def print_hits(runs: dict[tuple[str, int], list[Run]], names: list[str]) -> dict
                     fmt(statistics.median(r.p99_ms for r in mine)),
                     "1.00" if name == "floor" else fmt(ratio),
                     fmt(statistics.median(r.cpu["server"] for r in mine), 0),
+                    fmt(statistics.median(_cpu_us(r, "server") for r in mine), 0),
+                    "1.00" if name == "floor" else fmt(by_cpu),
+                    fmt(statistics.median(r.runq["server"] for r in mine), 0),
                     fmt(statistics.median(r.steal for r in mine), 1),
+                    fmt(statistics.median(r.others for r in mine), 0),
                     sum(r.errors for r in mine),
                 ]
             )
     print("\nCache hits (same request body every time), medians over rounds:")
     print_table(
-        ["server", "conc", "req/s", "p50 ms", "p99 ms", "x floor", "cpu %", "steal %", "errors"],
+        HIT_COLUMNS,
         rows,
     )
     return ratios_at_64
@@ -273,16 +249,16 @@ def print_hits(runs: dict[tuple[str, int], list[Run]], names: list[str]) -> dict
 
 def measure_misses(
     targets: dict[str, tuple[str, dict[str, int]]], directory: Path, seconds: float, rounds: int
-) -> dict[str, list[Run]]:
-    runs: dict[str, list[Run]] = {}
+) -> dict[str, list[WrkRun]]:
+    runs: dict[str, list[WrkRun]] = {}
     for _ in range(rounds):
         for name, (url, pids) in targets.items():
-            run = wrk(url + "/generate", miss_script(directory), 32, seconds, pids)
+            run = run_wrk(url + "/generate", miss_script(directory), 32, seconds, pids)
             runs.setdefault(name, []).append(run)
     return runs
 
 
-def print_misses(runs: dict[str, list[Run]], title: str) -> None:
+def print_misses(runs: dict[str, list[WrkRun]], title: str) -> None:
     direct = runs["upstream direct"]
     rows = []
     for name, mine in runs.items():
@@ -299,22 +275,19 @@ def print_misses(runs: dict[str, list[Run]], title: str) -> None:
                 fmt(statistics.median(r.cpu.get("proxy", float("nan")) for r in mine), 0)
                 if "proxy" in cpu
                 else "-",
+                fmt(statistics.median(_cpu_us(r, "upstream") for r in mine), 0),
+                fmt(statistics.median(_cpu_us(r, "proxy") for r in mine), 0)
+                if "proxy" in cpu
+                else "-",
+                fmt(statistics.median(r.runq["proxy"] for r in mine), 0) if "proxy" in cpu else "-",
                 fmt(statistics.median(r.steal for r in mine), 1),
+                fmt(statistics.median(r.others for r in mine), 0),
                 sum(r.errors for r in mine),
             ]
         )
+    print(f"\n{title}")
     print_table(
-        [
-            "path",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "x direct",
-            "fake cpu %",
-            "proxy cpu %",
-            "steal %",
-            "errors",
-        ],
+        MISS_COLUMNS,
         rows,
     )
 
@@ -347,6 +320,7 @@ def added_latency(direct: str, proxies: dict[str, str], pairs: int) -> list[list
             once(near, f"warm {salt} d{i}")
             once(far, f"warm {salt} p{i}")
         meter.start()
+        busy, started = busy_seconds(), time.monotonic()
         for i in range(pairs):
             if i % 2:
                 p = once(far, f"lat {salt} p{i}")
@@ -358,6 +332,7 @@ def added_latency(direct: str, proxies: dict[str, str], pairs: int) -> list[list
             proxy_ms.append(p * 1e3)
             diff_ms.append((p - d) * 1e3)
         steal = meter.stop()
+        machine = 100 * (busy_seconds() - busy) / (time.monotonic() - started)
         near.close()
         far.close()
         rows.append(
@@ -369,6 +344,7 @@ def added_latency(direct: str, proxies: dict[str, str], pairs: int) -> list[list
                 fmt(percentile(diff_ms, 50), 3),
                 fmt(percentile(proxy_ms, 99) - percentile(direct_ms, 99), 3),
                 fmt(steal, 1),
+                fmt(machine, 0),
             ]
         )
     return rows
@@ -506,20 +482,14 @@ def main() -> int:
         )
         print(f"\nAdded latency of a miss at concurrency 1 ({args.pairs} interleaved pairs):")
         print_table(
-            [
-                "proxy",
-                "direct p50 ms",
-                "proxied p50 ms",
-                "added p50 ms",
-                "p50 of diffs ms",
-                "added p99 ms",
-                "steal %",
-            ],
+            LATENCY_COLUMNS,
             rows,
         )
     print(
-        f"\nSummary: hits at c=64 vs floor: memory {ratios['proxy memory']:.2f}x, "
-        f"sqlite {ratios['proxy sqlite']:.2f}x (target >= 0.70); added miss p50: "
+        f"\nSummary: hits at c=64 vs floor: memory {ratios['proxy memory']:.2f}x "
+        f"({ratios['proxy memory (cpu)']:.2f}x by CPU per request), sqlite "
+        f"{ratios['proxy sqlite']:.2f}x ({ratios['proxy sqlite (cpu)']:.2f}x by CPU) "
+        "(target >= 0.70); added miss p50: "
         + ", ".join(f"{r[0]} {r[3]} ms" for r in rows)
         + f" (target <= 1 ms); the pre-filled cache held {big_stats['num_keys']} keys."
     )

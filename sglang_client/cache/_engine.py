@@ -139,6 +139,15 @@ class CacheEngine:
     def _record(self, status: CacheStatus, started: float, cached: int, generated: int) -> None:
         self._counters.record(status, time.perf_counter() - started, cached, generated)
 
+    async def model_identity(self) -> str:
+        """The model identity in keys; fetches the upstream's ``/model_info`` the first time."""
+        return await self._model_identity()
+
+    @property
+    def counters(self) -> Counters:
+        """The live request counters (``stats()`` adds the store's size, which may be slow)."""
+        return self._counters
+
     @property
     def model(self) -> str | None:
         """The model identity in keys, once known (``namespace``, or fetched on first use)."""

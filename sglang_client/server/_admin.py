@@ -142,7 +142,7 @@ class AdminRoutes:
 
     async def prometheus(self, send: Send) -> int:
         """``GET /metrics``: Prometheus text."""
-        counters = self.cached._counters
+        counters = self.cached.counters
         text = self.metrics.render(
             counters.hits,
             counters.misses,

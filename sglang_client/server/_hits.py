@@ -18,8 +18,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sglang_client.cache._records import split_generate
-from sglang_client.cache.keys import cache_key, is_greedy
 from sglang_client.cache.stores.base import StoreError
 from sglang_client.server._asgi import JSON_TYPE, dumps, with_length
 
@@ -90,12 +88,10 @@ class HitMemo:
         """Memoise ``response``, the HIT the full path just sent for ``raw`` (parsed: ``body``)."""
         if len(raw) > self.max_body or raw in self._items:
             return
-        model = self.cached._model  # set by the request that just hit
-        split = split_generate(body)
-        if model is None or split is None or not split.single:
+        found = self.cached.generate_key(body)  # None until the model identity is known
+        if found is None:
             return
-        key = cache_key("generate", model, split.request(0))
-        need = 1 if is_greedy(split.samplings[0].get("temperature")) else split.n
+        key, need, n = found
         try:
             entry = await self.cached.store.get(key, limit=need)
         except StoreError:
@@ -103,13 +99,13 @@ class HitMemo:
         if entry is None or len(entry.completions) < need:
             return
         have = entry.completions
-        samples = have[: split.n] if len(have) >= split.n else (have * split.n)[: split.n]
-        if dumps(samples[0] if split.n == 1 else samples) != response:
+        samples = have[:n] if len(have) >= n else (have * n)[:n]
+        if dumps(samples[0] if n == 1 else samples) != response:
             return  # not what the full path answers: never serve it
         size = 2 * len(raw) + len(response) + _OVERHEAD
         if size > self.max_bytes:
             return
-        self._items[raw] = MemoHit(key, entry.created_at, response, split.n)
+        self._items[raw] = MemoHit(key, entry.created_at, response, n)
         self._bytes += size
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._items)))

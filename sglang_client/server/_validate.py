@@ -10,6 +10,7 @@ returns an error message or ``None``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,16 +26,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf; orjson refuses it
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> tuple[Any, str | None]:
     """Decode a request body; return ``(value, None)`` or ``(None, message)``."""
     if not raw.strip():
         return None, "The request body is empty; send a JSON object."
     try:
-        return json.loads(raw, parse_constant=_reject_constant), None
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float), None
     except UnicodeDecodeError:
         return None, "The request body is not UTF-8 text."
     except ValueError as exc:
         return None, f"The request body is not valid JSON: {exc}"
+    except RecursionError:
+        return None, "The request body is nested too deeply."
 
 
 def _int(value: object) -> bool:

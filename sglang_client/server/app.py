@@ -228,9 +228,7 @@ class ProxyApp:
             hit = await memo.lookup(raw)
             if hit is not None:
                 await send_bytes(send, 200, hit.response, hit.headers, complete=True)
-                self.cached._counters.record(
-                    CacheStatus.HIT, time.perf_counter() - started, hit.served, 0
-                )
+                self.cached.record_hit(time.perf_counter() - started, hit.served)
                 self._log(CacheStatus.HIT, path, started)
                 return 200, "HIT"
         body, error = parse_json(raw)
@@ -251,6 +249,8 @@ class ProxyApp:
                 result = await self.cached.openai_json(path, body, read=read, write=write)
         except SGLangError as exc:
             return await self._upstream_failed(exc, send)
+        except RecursionError:  # valid JSON, but too deep to hash into a cache key
+            return await self._reject(send, 400, "The request is nested too deeply.", "Bad Request")
         status = result.status
         response = dumps(result.body)
         await send_bytes(send, 200, response, [JSON_TYPE, _X_CACHE[status]])
@@ -378,7 +378,7 @@ class ProxyApp:
             logger.warning("the cache store is not usable yet: %s", exc)
         with anyio.move_on_after(5):
             try:
-                await self.cached._model_identity()
+                await self.cached.model_identity()
             except SGLangError as exc:
                 logger.warning("the upstream is not reachable yet: %s", exc)
 

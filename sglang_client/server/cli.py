@@ -132,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive(float), default=600.0, help="upstream timeout (s), then 504"
     )
     start.add_argument(
+        "--max-retries",
+        type=int,
+        choices=range(11),
+        metavar="{0..10}",
+        default=2,
+        help="upstream retries on connection errors, timeouts and 502/503/504 (default 2)",
+    )
+    start.add_argument(
         "--hit-memo-mb",
         type=float,
         default=32.0,
@@ -177,7 +185,12 @@ def _start(args: argparse.Namespace) -> int:
             message = f"sglang-cached: cannot use --cache-path {args.cache_path}: {exc}"
             raise SystemExit(message) from exc
     store = build_store(args.store, args.cache_path, args.ttl, args.max_entries, args.redis_prefix)
-    client = SGLangClient(args.sglang_url, api_key=args.upstream_api_key, timeout=args.timeout)
+    client = SGLangClient(
+        args.sglang_url,
+        api_key=args.upstream_api_key,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+    )
     cached = CachedClient(client, store, namespace=args.namespace)
     config = ProxyConfig(
         upstream_url=args.sglang_url,

@@ -320,3 +320,16 @@ async def test_lru_bound() -> None:
     assert up.generated == 3
     await cached.generate("b")
     assert up.generated == 4
+
+
+class NoLockStore(MemoryStore):
+    def lock(self, key: str, *, ttl: float = 30.0, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        raise AssertionError("an in-process store's lock is redundant and must not be taken")
+
+
+async def test_in_process_store_lock_is_not_taken() -> None:
+    up = Upstream()
+    cached = CachedClient(client_for(up), NoLockStore())
+    await texts(cached, "l", 2)
+    await texts(cached, "l", 3)
+    assert up.generated == 3

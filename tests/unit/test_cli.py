@@ -52,6 +52,8 @@ def test_start_defaults() -> None:
     assert (args.api_key, args.admin_key, args.upstream_api_key) == (None, None, None)
     assert (args.max_n, args.max_body_bytes, args.quiet) == (128, 16 * 1024 * 1024, False)
     assert args.redis_prefix == "sglang-cache:"
+    assert (args.hit_memo_mb, args.timeout, args.namespace) == (32.0, 600.0, None)
+    assert args.max_retries == 2
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,7 @@ def test_start_defaults() -> None:
         ["--sglang-url", "u", "--max-n", "-1"],
         ["--sglang-url", "u", "--max-entries", "0"],
         ["--sglang-url", "u", "--max-body-bytes", "1.5"],
+        ["--sglang-url", "u", "--max-retries", "-1"],
     ],
 )
 def test_start_rejects_bad_flags(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -214,6 +214,9 @@ BAD_GENERATE = [
     (b'{"input_ids": [1, 99999999999]}', "input_ids"),
     (b'{"text": "a", "priority": 100000000000000000000}', "priority"),
     (b'{"sampling_params": {}}', "Either text, input_ids or input_embeds"),
+    (b'{"text": "a", "sampling_params": {"temperature": 1e400}}', "out of range"),
+    (b'{"text": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+    (b'{"text": "a", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", "nested too deeply"),
 ]
 
 
