@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+	$(PY) examples/tree_search.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -25,6 +26,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/client_overhead.py
+	$(PY) benchmarks/prefix_tree.py --quick
+	$(PY) benchmarks/cache.py
+	$(PY) benchmarks/proxy.py --quick
 
 clean:
 	rm -rf $(VENV)
