@@ -1,9 +1,10 @@
-"""``kill -9`` a process in the middle of writing a SQLiteStore, then check what survived.
+"""SQLiteStore's write-behind contract: what is durable when, and what reads see meanwhile.
 
-The child appends without pause (new keys, and top-ups of existing ones) and, every few writes,
-flushes and reports the highest index whose writes are all durable. The parent kills it at an
-arbitrary moment, twice on the same file, and checks that the database is intact and holds
-every write the child reported as durable.
+The kill -9 test: a child appends without pause (new keys, and top-ups of existing ones) and,
+every few writes, flushes and reports the highest index whose writes are all durable. The
+parent kills it at an arbitrary moment, twice on the same file, and checks that the database is
+intact and holds every write the child reported as durable. The other tests cover exit without
+``aclose()``, read-your-writes over queued writes, the commit window, and failed batches.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections import deque
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
-from sglang_client.cache.stores import SQLiteStore
+from sglang_client.cache.stores import SQLiteStore, StoreError
+from sglang_client.cache.stores._sqlite_schema import open_database
+from sglang_client.cache.stores._sqlite_view import FileView, Record
+
+pytestmark = pytest.mark.anyio
 
 CHILD = textwrap.dedent(
     """
@@ -99,7 +108,6 @@ def _check_file(path: Path) -> int:
         conn.close()
 
 
-@pytest.mark.anyio
 async def test_kill_9_loses_no_durable_write_and_never_corrupts(tmp_path: Path) -> None:
     path = tmp_path / "cache.db"
     start = 0
@@ -162,3 +170,162 @@ def test_writes_are_committed_when_a_program_exits_without_aclose(tmp_path: Path
         assert conn.execute("SELECT COUNT(*) FROM entries").fetchone() == (50,)
     finally:
         conn.close()
+
+
+# -- write-behind: read-your-writes, the commit window, failures ----------------------------
+
+
+def completion(i: int) -> dict[str, Any]:
+    return {"text": f"completion {i}", "meta_info": {"id": f"id-{i}"}}
+
+
+def _raw_rows(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT key, n FROM entries").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_sqlite_reads_see_queued_writes(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    store = SQLiteStore(path, flush_interval=30.0)  # nothing commits unless asked
+    try:
+        assert await store.append("k", [completion(0)], request={"p": 1}) == 1
+        assert await store.append("k", [completion(1)]) == 2
+        assert store.pending_writes == 2
+        entry = await store.get("k")
+        assert entry is not None and len(entry.completions) == 2
+        assert _raw_rows(path) == {}  # not on disk yet
+        await store.flush()
+        assert store.pending_writes == 0
+        assert _raw_rows(path) == {"k": 2}
+        assert await store.delete("k") is True
+        assert await store.get("k") is None  # the delete is queued, the row still on disk
+        assert _raw_rows(path) == {"k": 2}
+        assert await store.append("k", [completion(2)]) == 1
+        await store.append("j", [completion(0)])
+        assert await store.clear() == 2
+        assert await store.append("k", [completion(3)]) == 1
+    finally:
+        await store.aclose()
+    assert _raw_rows(path) == {"k": 1}  # aclose flushed
+
+
+async def _until_committed(store: SQLiteStore) -> None:
+    for _ in range(2000):  # a 10 s bound for a hung writer, not a performance assertion
+        if not store.pending_writes:
+            return
+        await anyio.sleep(0.005)
+    pytest.fail(f"{store.pending_writes} writes still pending")
+
+
+async def test_sqlite_commits_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    by_interval = SQLiteStore(path, flush_interval=0.01)
+    try:
+        await by_interval.append("a", [completion(0)])
+        await _until_committed(by_interval)  # no flush() call: the window closed by itself
+        assert _raw_rows(path) == {"a": 1}
+    finally:
+        await by_interval.aclose()
+    by_batch = SQLiteStore(path, flush_interval=30.0, max_batch=4)
+    try:
+        for i in range(4):
+            await by_batch.append(f"b{i}", [completion(i)])
+        await _until_committed(by_batch)  # a full batch does not wait for the interval
+        assert len(_raw_rows(path)) == 5
+    finally:
+        await by_batch.aclose()
+
+
+async def test_sqlite_append_racing_a_clear_starts_afresh(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path, flush_interval=5.0)
+    try:
+        for _ in range(3):
+            await store.append("k", [completion(0)])
+            await store.flush()
+            cleared: list[int] = []
+
+            async def clear(into: list[int]) -> None:
+                into.append(await store.clear())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(clear, cleared)
+                await anyio.lowlevel.checkpoint()  # the clear is queued, maybe not committed
+                assert await store.append("k", [completion(1)]) == 1
+            assert cleared == [1]
+            entry = await store.get("k")
+            assert entry is not None and entry.completions == [completion(1)]
+            await store.flush()
+            assert _raw_rows(tmp_path / "cache.db") == {"k": 1}
+            await store.clear()
+    finally:
+        await store.aclose()
+
+
+class _StubWriter:
+    """Stands in for the writer thread, so the test decides what has committed."""
+
+    def __init__(self) -> None:
+        self.committed_seq = 0
+        self.invalidated: deque[str] = deque()
+        self.running = True
+        self.error: BaseException | None = None
+        self.crash: BaseException | None = None
+
+
+def test_sqlite_view_keeps_queued_writes_until_they_commit(tmp_path: Path) -> None:
+    conn, reader = open_database(tmp_path / "v.db", 1.0, lru=False, ttl=False)
+    writer = _StubWriter()
+    view = FileView(reader, writer, None, 1, "test")  # type: ignore[arg-type]
+    try:
+        first = view.mark_dirty("k", Record(None, "[1]", 1, 0.0, 0.0))
+        newer = Record(None, "[1,2]", 2, 0.0, 0.0)
+        second = view.mark_dirty("k", newer)
+        assert view.pending == 2
+        writer.committed_seq = first  # the first write is on disk, the second is not
+        assert view.lookup("other") is None  # a miss fills the one-entry read cache
+        assert view.lookup("k") is newer  # still held: the file does not have it yet
+        writer.committed_seq = second
+        assert view.lookup("k") is newer  # now a clean, cached record
+        writer.invalidated.append("k")  # e.g. evicted by max_entries
+        assert view.lookup("k") is None  # so the file answers: no row
+        newest = Record(None, "[3]", 1, 0.0, 0.0)
+        view.mark_dirty("k", newest)
+        writer.invalidated.append("k")  # an older write failed; the newest is still queued
+        assert view.lookup("k") is newest
+        conn.execute("INSERT INTO entries VALUES ('z', NULL, '[9]', 1, 1.0, 1.0, 1.0)")
+        cleared = view.begin_clear()
+        assert view.lookup("z") is None  # a queued clear hides older rows
+        writer.committed_seq = cleared
+        found = view.lookup("z")  # (this stub never really cleared the file)
+        assert found is not None and found.completions == "[9]"
+    finally:
+        reader.close()
+        conn.close()
+
+
+async def test_sqlite_failed_batch_is_reported_and_keeps_what_was_stored(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    store = SQLiteStore(path, busy_timeout=0.05, flush_interval=0.001)
+    try:
+        await store.append("kept", [completion(0)])
+        await store.flush()
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: our batch fails
+        try:
+            await store.append("lost", [completion(0)])
+            with pytest.raises(StoreError, match="locked"):
+                await store.flush()
+            entry = await store.get("kept")
+            assert entry is not None  # reads still work
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await store.get("lost") is None  # the failed write is not pretended
+        assert await store.append("after", [completion(1)]) == 1  # the store recovers
+        await store.flush()
+    finally:
+        await store.aclose()
+    assert _raw_rows(path) == {"kept": 1, "after": 1}

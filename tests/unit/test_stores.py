@@ -471,58 +471,6 @@ def _raw_rows(path: Path) -> dict[str, int]:
         conn.close()
 
 
-async def test_sqlite_reads_see_queued_writes(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    store = SQLiteStore(path, flush_interval=30.0)  # nothing commits unless asked
-    try:
-        assert await store.append("k", [completion(0)], request={"p": 1}) == 1
-        assert await store.append("k", [completion(1)]) == 2
-        assert store.pending_writes == 2
-        entry = await store.get("k")
-        assert entry is not None and len(entry.completions) == 2
-        assert _raw_rows(path) == {}  # not on disk yet
-        await store.flush()
-        assert store.pending_writes == 0
-        assert _raw_rows(path) == {"k": 2}
-        assert await store.delete("k") is True
-        assert await store.get("k") is None  # the delete is queued, the row still on disk
-        assert _raw_rows(path) == {"k": 2}
-        assert await store.append("k", [completion(2)]) == 1
-        await store.append("j", [completion(0)])
-        assert await store.clear() == 2
-        assert await store.append("k", [completion(3)]) == 1
-    finally:
-        await store.aclose()
-    assert _raw_rows(path) == {"k": 1}  # aclose flushed
-
-
-async def _until_committed(store: SQLiteStore) -> None:
-    for _ in range(2000):  # a 10 s bound for a hung writer, not a performance assertion
-        if not store.pending_writes:
-            return
-        await anyio.sleep(0.005)
-    pytest.fail(f"{store.pending_writes} writes still pending")
-
-
-async def test_sqlite_commits_in_the_background(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    by_interval = SQLiteStore(path, flush_interval=0.01)
-    try:
-        await by_interval.append("a", [completion(0)])
-        await _until_committed(by_interval)  # no flush() call: the window closed by itself
-        assert _raw_rows(path) == {"a": 1}
-    finally:
-        await by_interval.aclose()
-    by_batch = SQLiteStore(path, flush_interval=30.0, max_batch=4)
-    try:
-        for i in range(4):
-            await by_batch.append(f"b{i}", [completion(i)])
-        await _until_committed(by_batch)  # a full batch does not wait for the interval
-        assert len(_raw_rows(path)) == 5
-    finally:
-        await by_batch.aclose()
-
-
 async def test_sqlite_rejects_a_foreign_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     conn = sqlite3.connect(path)
@@ -532,31 +480,6 @@ async def test_sqlite_rejects_a_foreign_schema_version(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="schema version 99"):
         await store.get("k")
     await store.aclose()
-
-
-async def test_sqlite_append_racing_a_clear_starts_afresh(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path, flush_interval=5.0)
-    try:
-        for _ in range(3):
-            await store.append("k", [completion(0)])
-            await store.flush()
-            cleared: list[int] = []
-
-            async def clear(into: list[int]) -> None:
-                into.append(await store.clear())
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(clear, cleared)
-                await anyio.lowlevel.checkpoint()  # the clear is queued, maybe not committed
-                assert await store.append("k", [completion(1)]) == 1
-            assert cleared == [1]
-            entry = await store.get("k")
-            assert entry is not None and entry.completions == [completion(1)]
-            await store.flush()
-            assert _raw_rows(tmp_path / "cache.db") == {"k": 1}
-            await store.clear()
-    finally:
-        await store.aclose()
 
 
 async def test_sqlite_tiny_read_cache_stays_correct(tmp_path: Path) -> None:
@@ -600,31 +523,6 @@ async def test_sqlite_unopenable_paths_raise_store_error(tmp_path: Path) -> None
     with pytest.raises(StoreError):
         await store.append("k", [completion(0)])
     assert garbage.read_bytes().startswith(b"this is not")  # left alone
-
-
-async def test_sqlite_failed_batch_is_reported_and_keeps_what_was_stored(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    store = SQLiteStore(path, busy_timeout=0.05, flush_interval=0.001)
-    try:
-        await store.append("kept", [completion(0)])
-        await store.flush()
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: our batch fails
-        try:
-            await store.append("lost", [completion(0)])
-            with pytest.raises(StoreError, match="locked"):
-                await store.flush()
-            entry = await store.get("kept")
-            assert entry is not None  # reads still work
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-        assert await store.get("lost") is None  # the failed write is not pretended
-        assert await store.append("after", [completion(1)]) == 1  # the store recovers
-        await store.flush()
-    finally:
-        await store.aclose()
-    assert _raw_rows(path) == {"kept": 1, "after": 1}
 
 
 async def test_sqlite_counts_survive_reopen_and_match_the_rows(tmp_path: Path) -> None:

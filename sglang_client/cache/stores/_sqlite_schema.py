@@ -29,7 +29,8 @@ _PAGE = (
 SCHEMA_VERSION = 1
 
 # The stats row is kept exact by triggers in the same transactions, so opening and counting
-# never scan the table.
+# never scan the table. (The writer enables recursive_triggers, so INSERT OR REPLACE fires the
+# delete trigger too.)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -40,8 +41,6 @@ CREATE TABLE IF NOT EXISTS entries (
     updated_at REAL NOT NULL,
     accessed_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_accessed_at ON entries (accessed_at);
-CREATE INDEX IF NOT EXISTS entries_updated_at ON entries (updated_at);
 CREATE TABLE IF NOT EXISTS stats (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     num_keys INTEGER NOT NULL,
@@ -60,10 +59,28 @@ END;
 """
 
 
-def open_database(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-    """Create ``path``'s directory and the database if needed; return (writer, reader)."""
+# Indexes cost every write, so each exists only once a store needs it (and then stays).
+_LRU_INDEX = "CREATE INDEX IF NOT EXISTS entries_accessed_at ON entries (accessed_at)"
+_TTL_INDEX = "CREATE INDEX IF NOT EXISTS entries_updated_at ON entries (updated_at)"
+
+
+def open_database(
+    path: Path, busy_timeout: float, lru: bool, ttl: bool
+) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """Create ``path``'s directory and the database if needed; return (writer, reader).
+
+    ``lru`` and ``ttl`` create the index that eviction or expiry needs (a one-time build on
+    an existing file).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _open_writer(path, busy_timeout)
+    try:
+        for wanted, index in ((lru, _LRU_INDEX), (ttl, _TTL_INDEX)):
+            if wanted:
+                conn.execute(index)
+    except BaseException:
+        conn.close()
+        raise
     try:
         return conn, connect_reader(path, busy_timeout)
     except BaseException:
@@ -82,6 +99,8 @@ def _open_writer(path: Path, busy_timeout: float) -> sqlite3.Connection:
         # In WAL mode NORMAL loses nothing on a process crash; only an OS crash or power loss
         # can roll back the last transactions.
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA recursive_triggers=ON")
+        conn.execute("PRAGMA cache_size=-16384")  # 16 MB: keeps random-key index inserts in memory
         version = conn.execute("PRAGMA user_version").fetchall()[0][0]
         if version not in (0, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(

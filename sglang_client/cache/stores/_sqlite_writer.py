@@ -1,10 +1,11 @@
 """The SQLite store's single writer thread (the write-behind queue).
 
 The event loop never writes: it puts operations on ``SQLiteWriter.queue`` and goes on. The
-thread takes the first operation, lingers up to ``flush_interval`` for more (or until
-``max_batch``, a flush, a clear or stop), applies the batch in ONE transaction, then advances
-``committed_seq``. Each put carries an entry's full state, so the last put of a key in a batch
-is the only one that needs writing.
+first operation after a quiet spell wakes the thread, which then sleeps ``flush_interval``
+(unless ``wake`` is set: by a flush, a clear, stop, or a full batch), takes up to
+``max_batch`` queued operations, applies them in ONE transaction and advances
+``committed_seq``. While it sleeps, queueing costs the loop no thread switch. Each put
+carries an entry's full state, so the last put of a key in a batch is the only one written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 __all__ = ["Clear", "Delete", "Flush", "Put", "SQLiteWriter"]
 
 _INSERT = (
-    "INSERT INTO entries (key, request, completions, n, created_at, updated_at, accessed_at)"
+    "INSERT OR REPLACE INTO entries"
+    " (key, request, completions, n, created_at, updated_at, accessed_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = (
@@ -95,6 +97,8 @@ class SQLiteWriter(threading.Thread):
     ) -> None:
         super().__init__(name="sglang-cache-sqlite-writer", daemon=True)
         self.queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self.running = True
         self.committed_seq = 0
         self.invalidated: deque[str] = deque()
         self.touched: dict[str, float] = {}
@@ -108,39 +112,49 @@ class SQLiteWriter(threading.Thread):
         self._next_sweep = 0.0
         _LIVE_WRITERS.add(self)
 
+    def urgent(self, op: _Op) -> None:
+        """Queue ``op`` and commit without waiting out the interval."""
+        self.queue.put(op)
+        self.wake.set()
+
     def stop(self) -> None:
         """Ask the thread to write what is queued, close its connection and exit."""
-        self.queue.put(_STOP)
+        self.urgent(_STOP)
 
     def run(self) -> None:
         try:
             stopping = False
             while not stopping:
                 batch = [self.queue.get()]
+                if batch[0] is _STOP or isinstance(batch[0], (Flush, Clear)):
+                    self.wake.set()
+                self.wake.wait(self._flush_interval)
+                self.wake.clear()
                 stopping = self._collect(batch)
                 self._apply(batch)
         except BaseException as exc:  # recorded so the event loop can report why writes stop
             self.crash = exc
         finally:
+            self.running = False
             self._conn.close()
 
     def _collect(self, batch: list[_Op]) -> bool:
-        """Linger for more ops; return whether a stop request ended the batch."""
-        deadline = time.monotonic() + self._flush_interval
-        while True:
-            last = batch[-1]
-            if last is _STOP:
-                batch.pop()
-                return True
-            if isinstance(last, (Flush, Clear)) or len(batch) >= self._max_batch:
-                return False
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                batch.append(self.queue.get(timeout=remaining))
-            except queue.Empty:
-                return False
+        """Take what is queued (up to a batch); return whether a stop request came."""
+        take = self.queue.get_nowait
+        try:
+            # A clear ends its batch: what was queued after it must be written after it.
+            while len(batch) < self._max_batch and not isinstance(batch[-1], Clear):
+                if batch[-1] is _STOP:
+                    break
+                batch.append(take())
+        except queue.Empty:
+            pass
+        if batch[-1] is _STOP:
+            batch.pop()
+            return True
+        if len(batch) >= self._max_batch:
+            self.wake.set()  # more may be waiting: do not sleep before the next batch
+        return False
 
     def _apply(self, batch: list[_Op]) -> None:
         final: dict[str, Put | Delete] = {}
@@ -208,11 +222,9 @@ class SQLiteWriter(threading.Thread):
                 conn.execute("DELETE FROM entries WHERE key = ?", (key,))
                 continue
             row = (op.request, op.completions, op.n, op.created_at, op.updated_at, op.updated_at)
-            if op.is_new:
-                conn.execute("DELETE FROM entries WHERE key = ?", (key,))
-            elif conn.execute(_UPDATE, (*row, key)).rowcount:
-                continue
-            conn.execute(_INSERT, (key, *row))
+            # A new entry replaces any old row (a fresh rowid keeps rowid order = creation order).
+            if op.is_new or not conn.execute(_UPDATE, (*row, key)).rowcount:
+                conn.execute(_INSERT, (key, *row))
         if touches:
             conn.executemany(_TOUCH, touches)
         if sweep and self._ttl is not None:

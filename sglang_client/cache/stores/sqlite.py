@@ -36,23 +36,27 @@ class SQLiteStore:
     """Keep cache entries in a SQLite file: durable, bounded, and fast to open at any size.
 
     Reads are one primary-key lookup, done synchronously on the event loop: it costs ~10-25 us,
-    where a hop to a worker thread costs ~150 us. Recently written and read entries stay in a
-    small in-process read cache (``read_cache_size`` entries).
+    where a hop to a worker thread costs ~150 us. Recently written, read and missed keys stay
+    in a small in-process read cache (``read_cache_size`` entries).
 
     Writes are write-behind: ``append`` updates memory, queues the write and returns. One
-    background thread commits queued writes in batches, one transaction each: a batch closes
-    ``flush_interval`` seconds (default 50 ms) after its first write, at ``max_batch`` writes
-    (default 256), or at once on ``flush()``/``clear()``/``count()``/``aclose()``. Reads see
+    background thread commits queued writes in batches, one transaction each: a batch is
+    taken ``flush_interval`` seconds (default 50 ms) after the first write that woke the
+    thread, as soon as ``max_batch`` writes (default 256) are queued, or at once on
+    ``flush()``/``clear()``/``count()``/``aclose()`` (and at interpreter exit). Reads see
     queued writes. **Durability window:** a crash (even ``kill -9``) never corrupts the file
-    (WAL) and loses only writes not yet committed: those acknowledged in the last
-    ``flush_interval`` plus the time one commit takes. ``pending_writes == 0`` (e.g. after
-    ``flush()``) means everything acknowledged is on disk. An OS crash or power loss can also
-    roll back the last commits (``synchronous=NORMAL``).
+    (WAL) and loses only writes not yet committed: at most those acknowledged in the last
+    ``flush_interval`` plus the time of a commit or two (milliseconds). ``pending_writes == 0``
+    (e.g. after ``flush()``) means everything acknowledged is on disk. An OS crash or power
+    loss can also roll back the last commits (``synchronous=NORMAL``).
 
     Opening reads no entries: counts come from a stats row kept exact by triggers. LRU
-    eviction (``max_entries``) uses each row's ``accessed_at``, which reads update lazily in
-    the next batch. One process should write a given file; other processes may read it.
-    ``lock()`` is an in-process lock (use ``RedisStore`` to coalesce across processes).
+    eviction (``max_entries``) uses each row's ``accessed_at``, which reads update lazily in a
+    later batch; the ``accessed_at``/``updated_at`` indexes exist only once a store with
+    ``max_entries``/``ttl`` opened the file (built then, once). One process should write a
+    given file (another process's writes are not seen by this one's read cache, and may be
+    overwritten); other processes may read it. ``lock()`` is an in-process lock (use
+    ``RedisStore`` to coalesce across processes).
 
     Args:
         path: A database file, or a directory (then ``<dir>/cache.db``); ``~`` is expanded and
@@ -62,8 +66,8 @@ class SQLiteStore:
         flush_interval: Longest time (seconds) a write waits in the queue before its batch
             is committed.
         max_batch: Most writes committed in one transaction.
-        read_cache_size: Entries kept decoded-ready in memory (0 disables; queued writes are
-            always kept).
+        read_cache_size: Clean entries kept in memory (0 disables; entries with queued writes
+            are always kept until they commit).
         max_pending: Queued writes beyond which ``append`` raises ``StoreError`` rather than
             letting memory grow while the disk cannot keep up.
         busy_timeout: Seconds to wait for another connection's lock.
@@ -178,9 +182,11 @@ class SQLiteStore:
             if rec.request is None:
                 rec.request = request_text
             is_new = False
-        rec.seq = seq = view.next_seq()
-        view.remember(key, rec)
-        view.writer.queue.put(Put(seq, key, rec.request, array, rec.n, rec.created_at, now, is_new))
+        seq = view.mark_dirty(key, rec)
+        writer = view.writer
+        writer.queue.put(Put(seq, key, rec.request, array, rec.n, rec.created_at, now, is_new))
+        if view.pending >= self._max_batch:
+            writer.wake.set()
         return rec.n
 
     async def delete(self, key: str) -> bool:
@@ -191,8 +197,7 @@ class SQLiteStore:
         rec = view.lookup(key)
         if rec is None or rec.completions is None:
             return False
-        seq = view.next_seq()
-        view.remember(key, Record(None, None, 0, 0.0, 0.0, seq))
+        seq = view.mark_dirty(key, Record(None, None, 0, 0.0, 0.0))
         view.writer.queue.put(Delete(seq, key))
         return True
 
@@ -200,7 +205,7 @@ class SQLiteStore:
         """Delete every entry in the file; return how many live ones there were."""
         view = self._view or await self._open()
         op = Clear(view.begin_clear())
-        view.writer.queue.put(op)
+        view.writer.urgent(op)
         await view.wait(op.done)
         if op.error is not None:
             view.writer.error = None
@@ -209,12 +214,7 @@ class SQLiteStore:
 
     async def count(self) -> StoreCounts:
         """Commit queued writes, drop expired rows, and return ``(num_keys, total_responses)``."""
-        view = await self._flushed(sweep=True)
-        try:
-            row = view.reader.execute("SELECT num_keys, total_responses FROM stats").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"reading cache stats from {self.location} failed: {exc}") from exc
-        return StoreCounts(*row[0])
+        return (await self._flushed(sweep=True)).counts()
 
     async def iter_entries(self, *, offset: int = 0, limit: int = 100) -> list[CacheEntry]:
         """Return one page of live entries in creation order (O(offset); for inspection)."""
@@ -270,8 +270,9 @@ class SQLiteStore:
                 raise StoreError(f"SQLiteStore({self.location!r}) is closed")
             if self._view is None:
                 try:
+                    lru, ttl = self._max_entries is not None, self._ttl is not None
                     conn, reader = await anyio.to_thread.run_sync(
-                        open_database, self.path, self._busy_timeout
+                        open_database, self.path, self._busy_timeout, lru, ttl
                     )
                 except (sqlite3.Error, OSError) as exc:
                     raise StoreError(f"cannot open cache database {self.location}: {exc}") from exc
@@ -291,7 +292,7 @@ class SQLiteStore:
     async def _flushed(self, *, sweep: bool) -> FileView:
         view = self._view or await self._open()
         op = Flush(sweep)
-        view.writer.queue.put(op)
+        view.writer.urgent(op)
         await view.wait(op.done)
         view.raise_failure()
         return view
