@@ -11,11 +11,12 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from pydantic import ValidationError
 
+from sglang_client._bodies import generate_body, prompt_value
 from sglang_client._defaults import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_RETRIES,
@@ -28,7 +29,13 @@ from sglang_client._defaults import (
 from sglang_client._http import HTTPPipeline, HTTPResponse, TimeoutTypes
 from sglang_client._retry import RetryPolicy
 from sglang_client.errors import APITimeoutError, NotFoundError, SGLangError, StreamError
-from sglang_client.streaming import AsyncStream, DeltaTracker, raise_for_event
+from sglang_client.streaming import (
+    AsyncStream,
+    DeltaTracker,
+    load_event,
+    model_parser,
+    raise_for_event,
+)
 from sglang_client.types import (
     GENERATE_MANY,
     GENERATE_ONE,
@@ -50,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["SGLangClient"]
 
 JSONDict = dict[str, Any]
+M = TypeVar("M", bound="BaseModel")
 Messages = Sequence[Mapping[str, Any]]
 
 
@@ -148,15 +156,9 @@ class SGLangClient:
 
         The copy borrows the pool: closing it does not close the original.
         """
-        given = {
-            "timeout": timeout,
-            "max_connections": max_connections,
-            "max_retries": max_retries,
-            "api_key": api_key,
-            "headers": headers,
-            "retry_base_delay": retry_base_delay,
-            "retry_max_delay": retry_max_delay,
-        }
+        given: dict[str, object] = dict(timeout=timeout, max_connections=max_connections)
+        given.update(max_retries=max_retries, api_key=api_key, headers=headers)
+        given.update(retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay)
         options = {**self._options, **{k: v for k, v in given.items() if v is not NOT_GIVEN}}
         if not isinstance(transport, NotGiven) and transport is not None:
             return SGLangClient(base_url or self.base_url, transport=transport, **options)
@@ -165,8 +167,6 @@ class SGLangClient:
         clone = SGLangClient(base_url or self.base_url, **options)
         clone._http.borrow_pools(self._http)
         return clone
-
-    # ---------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> SGLangClient:
         self._check_open()
@@ -191,8 +191,6 @@ class SGLangClient:
         if self._state is _State.CLOSED:
             raise RuntimeError("This SGLangClient has been closed; create a new one.")
 
-    # ---------------------------------------------------------------- helpers
-
     async def _post_json(
         self, path: str, body: object, timeout: TimeoutTypes | NotGiven
     ) -> HTTPResponse:
@@ -215,32 +213,13 @@ class SGLangClient:
         return AsyncStream(open_response, parse)
 
     @staticmethod
-    def _validate(model: type[BaseModel], content: bytes, what: str) -> Any:
+    def _validate(model: type[M], content: bytes, what: str) -> M:
         try:
             return model.model_validate_json(content)
         except ValidationError as exc:
             raise SGLangError(f"unexpected response from {what}: {exc}") from exc
 
     # ---------------------------------------------------------------- native API
-
-    @staticmethod
-    def _generate_body(
-        text: str | Sequence[str] | None,
-        input_ids: Sequence[int] | Sequence[Sequence[int]] | None,
-        sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
-        rid: str | Sequence[str] | None,
-        extra: Mapping[str, object],
-    ) -> JSONDict:
-        body: JSONDict = dict(extra)
-        if text is not None:
-            body["text"] = text if isinstance(text, str) else list(text)
-        if input_ids is not None:
-            body["input_ids"] = input_ids
-        if sampling_params is not None:
-            body["sampling_params"] = sampling_params
-        if rid is not None:
-            body["rid"] = rid
-        return body
 
     async def generate(
         self,
@@ -270,7 +249,7 @@ class SGLangClient:
         Raises:
             BadRequestError: the server rejected the request (message from the server).
         """
-        body = self._generate_body(text, input_ids, sampling_params, rid, extra)
+        body = generate_body(text, input_ids, sampling_params, rid, extra)
         body.pop("stream", None)
         response = await self._post_json("/generate", body, timeout)
         content = response.content
@@ -307,12 +286,12 @@ class SGLangClient:
             StreamError: an error event arrived in the stream, or it was cut short.
             APIStatusError: the request failed, or an abort carried an HTTP status (e.g. 503).
         """
-        body = self._generate_body(text, input_ids, sampling_params, rid, extra)
+        body = generate_body(text, input_ids, sampling_params, rid, extra)
         body["stream"] = True
         tracker = DeltaTracker()
 
         def parse(data: str) -> StreamChunk:
-            payload = _load_event(data)
+            payload = load_event(data)
             raise_for_event(payload)
             if "meta_info" not in payload:
                 raise StreamError(f"unexpected event in /generate stream: {data[:200]}")
@@ -377,14 +356,12 @@ class SGLangClient:
     async def get_model_info(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ModelInfo:
         """``GET /model_info`` (``/get_model_info`` on older servers)."""
         response = await self._get_with_fallback("/model_info", "/get_model_info", timeout)
-        result: ModelInfo = self._validate(ModelInfo, response.content, "/model_info")
-        return result
+        return self._validate(ModelInfo, response.content, "/model_info")
 
     async def get_server_info(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ServerInfo:
         """``GET /server_info`` (``/get_server_info`` on older servers)."""
         response = await self._get_with_fallback("/server_info", "/get_server_info", timeout)
-        result: ServerInfo = self._validate(ServerInfo, response.content, "/server_info")
-        return result
+        return self._validate(ServerInfo, response.content, "/server_info")
 
     async def flush_cache(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> str:
         """Empty the server's radix (prefix) cache; returns the server's message."""
@@ -454,7 +431,7 @@ class SGLangClient:
         Error events are yielded, not raised: the caller decides (see
         ``sglang_client.streaming.raise_for_event``).
         """
-        return self._stream(path, {**body, "stream": True}, timeout, _load_event)
+        return self._stream(path, {**body, "stream": True}, timeout, load_event)
 
     # ---------------------------------------------------------------- OpenAI-compatible API
 
@@ -477,10 +454,7 @@ class SGLangClient:
         body: JSONDict = {**params, "messages": list(messages), "model": model}
         body.pop("stream", None)
         response = await self._post_json("/v1/chat/completions", body, timeout)
-        result: ChatCompletion = self._validate(
-            ChatCompletion, response.content, "/v1/chat/completions"
-        )
-        return result
+        return self._validate(ChatCompletion, response.content, "/v1/chat/completions")
 
     def chat_completion_stream(
         self,
@@ -493,7 +467,7 @@ class SGLangClient:
         """Stream ``/v1/chat/completions``: ``ChatCompletionChunk`` objects with ``delta``s."""
         body: JSONDict = {**params, "messages": list(messages), "model": model, "stream": True}
         return self._stream(
-            "/v1/chat/completions", body, timeout, _openai_parser(ChatCompletionChunk)
+            "/v1/chat/completions", body, timeout, model_parser(ChatCompletionChunk)
         )
 
     async def completion(
@@ -505,11 +479,10 @@ class SGLangClient:
         **params: object,
     ) -> Completion:
         """``POST /v1/completions`` (non-streaming); SGLang's default ``max_tokens`` is 16."""
-        body: JSONDict = {**params, "prompt": _prompt(prompt), "model": model}
+        body: JSONDict = {**params, "prompt": prompt_value(prompt), "model": model}
         body.pop("stream", None)
         response = await self._post_json("/v1/completions", body, timeout)
-        result: Completion = self._validate(Completion, response.content, "/v1/completions")
-        return result
+        return self._validate(Completion, response.content, "/v1/completions")
 
     def completion_stream(
         self,
@@ -520,31 +493,5 @@ class SGLangClient:
         **params: object,
     ) -> AsyncStream[CompletionChunk]:
         """Stream ``/v1/completions`` as ``CompletionChunk`` objects (text deltas)."""
-        body: JSONDict = {**params, "prompt": _prompt(prompt), "model": model, "stream": True}
-        return self._stream("/v1/completions", body, timeout, _openai_parser(CompletionChunk))
-
-
-def _prompt(prompt: str | Sequence[str] | Sequence[int]) -> object:
-    return prompt if isinstance(prompt, str) else list(prompt)
-
-
-def _load_event(data: str) -> JSONDict:
-    try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        raise StreamError(f"malformed event in stream: {data[:200]!r}") from exc
-    if not isinstance(payload, dict):
-        raise StreamError(f"unexpected event in stream: {data[:200]!r}")
-    return payload
-
-
-def _openai_parser(model: type[BaseModel]) -> Any:
-    def parse(data: str) -> Any:
-        payload = _load_event(data)
-        raise_for_event(payload)
-        try:
-            return model.model_validate(payload)
-        except ValidationError as exc:
-            raise StreamError(f"unexpected event in stream: {exc}") from exc
-
-    return parse
+        body: JSONDict = {**params, "prompt": prompt_value(prompt), "model": model, "stream": True}
+        return self._stream("/v1/completions", body, timeout, model_parser(CompletionChunk))

@@ -8,12 +8,13 @@ SGLang streams ``data: <json>\\n\\n`` events ending with ``data: [DONE]``. By de
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sglang_client.errors import StreamError, error_from_status, extract_error_message
 from sglang_client.types import MetaInfo, StreamChunk
@@ -21,7 +22,15 @@ from sglang_client.types import MetaInfo, StreamChunk
 if TYPE_CHECKING:
     from sglang_client._http import HTTPResponse
 
-__all__ = ["AsyncStream", "DeltaTracker", "SSEDecoder", "ServerSentEvent", "raise_for_event"]
+__all__ = [
+    "AsyncStream",
+    "DeltaTracker",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "load_event",
+    "model_parser",
+    "raise_for_event",
+]
 
 T = TypeVar("T")
 
@@ -255,3 +264,28 @@ class AsyncStream(Generic[T]):
     async def collect(self) -> list[T]:
         """Read the whole stream into a list."""
         return [item async for item in self]
+
+
+def load_event(data: str) -> dict[str, Any]:
+    """Decode one SSE ``data`` payload into a JSON object, or raise ``StreamError``."""
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise StreamError(f"malformed event in stream: {data[:200]!r}") from exc
+    if not isinstance(payload, dict):
+        raise StreamError(f"unexpected event in stream: {data[:200]!r}")
+    return payload
+
+
+def model_parser(model: type[BaseModel]) -> Callable[[str], Any]:
+    """A parser of SSE payloads into ``model``, raising for error events."""
+
+    def parse(data: str) -> Any:
+        payload = load_event(data)
+        raise_for_event(payload)
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise StreamError(f"unexpected event in stream: {exc}") from exc
+
+    return parse

@@ -54,7 +54,8 @@ __all__ = ["CacheEngine", "CachedResult", "CachedStream"]
 logger = logging.getLogger("sglang_client.cache")
 
 JSON = dict[str, Any]
-DEFAULT_CACHE_PATH = "~/.sglang_cache"
+# The trailing slash makes SQLiteStore treat it as a directory: ~/.sglang_cache/cache.db.
+DEFAULT_CACHE_PATH = "~/.sglang_cache/"
 
 
 class CacheEngine:
@@ -193,7 +194,7 @@ class CacheEngine:
         cached = await self._read_all(keys, need) if read else [[] for _ in keys]
         if all(len(c) >= k for c, k in zip(cached, need, strict=True)):
             output = self._generate_output(split, cached)
-            served = sum(need)
+            served = split.n * len(split.prompts)  # greedy: one stored completion serves all n
             self._record(CacheStatus.HIT, started, served, 0)
             return CachedResult(output, CacheStatus.HIT, from_cache=served)
         async with AsyncExitStack() as stack:
@@ -202,7 +203,7 @@ class CacheEngine:
                 cached = await self._read_all(keys, need)
             generated = await self._top_up(body, split, keys, need, cached, write)
         output = self._generate_output(split, cached)
-        from_cache = sum(need) - generated
+        from_cache = split.n * len(split.prompts) - generated
         if generated == 0:  # filled by a concurrent request while this one waited
             status = CacheStatus.HIT
         else:

@@ -16,7 +16,6 @@ __all__ = [
     "ChatRecorder",
     "StreamRecorder",
     "all_finished",
-    "generate_body",
     "iterate",
     "openai_cacheable",
     "openai_finished",
@@ -103,25 +102,6 @@ def repeat(records: list[JSON], n: int) -> list[JSON]:
 async def iterate(events: list[JSON]) -> AsyncIterator[JSON]:
     for event in events:
         yield event
-
-
-def generate_body(
-    text: object,
-    input_ids: object,
-    sampling_params: object,
-    rid: object,
-    extra: Mapping[str, object],
-) -> JSON:
-    body: JSON = dict(extra)
-    for name, value in (
-        ("text", text if isinstance(text, (str, type(None))) else list(text)),  # type: ignore[call-overload]
-        ("input_ids", input_ids),
-        ("sampling_params", sampling_params),
-        ("rid", rid),
-    ):
-        if value is not None:
-            body[name] = value
-    return body
 
 
 class StreamRecorder:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from sglang_client._bodies import generate_body
 from sglang_client.cache._engine import CachedResult, CachedStream, CacheEngine
-from sglang_client.cache._helpers import generate_body
 from sglang_client.streaming import DeltaTracker, raise_for_event
 from sglang_client.types import (
     GENERATE_MANY,
