@@ -201,13 +201,15 @@ class CacheEngine:
             await self._lock(stack, keys)
             if read:  # another request may have filled these while we waited
                 cached = await self._read_all(keys, need)
+            had = sum(len(c) for c in cached)
             generated = await self._top_up(body, split, keys, need, cached, write)
         output = self._generate_output(split, cached)
+        # Counted as saved: every returned completion not generated now (greedy copies too).
         from_cache = split.n * len(split.prompts) - generated
         if generated == 0:  # filled by a concurrent request while this one waited
             status = CacheStatus.HIT
         else:
-            status = CacheStatus.PARTIAL if from_cache else CacheStatus.MISS
+            status = CacheStatus.PARTIAL if had else CacheStatus.MISS
         self._record(status, started, from_cache, generated)
         return CachedResult(output, status, from_cache=from_cache, generated=generated)
 

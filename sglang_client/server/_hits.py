@@ -74,11 +74,17 @@ class HitMemo:
         hit = self._items.get(raw)
         if hit is None:
             return None
+        store = self.cached.store
+        probe = getattr(store, "created_at", None)  # cheaper than get(): decodes nothing
         try:
-            entry = await self.cached.store.get(hit.key, limit=0)
+            if probe is not None:
+                created = await probe(hit.key)
+            else:
+                entry = await store.get(hit.key, limit=0)
+                created = None if entry is None else entry.created_at
         except StoreError:
-            entry = None  # the full path reports the failure and degrades to a miss
-        if entry is None or entry.created_at != hit.created_at:
+            created = None  # the full path reports the failure and degrades to a miss
+        if created is None or created != hit.created_at:
             self._drop(raw)
             return None
         self._items.move_to_end(raw)

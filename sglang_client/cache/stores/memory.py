@@ -108,6 +108,22 @@ class MemoryStore:
             entry.updated_at,
         )
 
+    async def created_at(self, key: str) -> float | None:
+        """When ``key``'s live entry was created, or ``None``; a use for LRU, nothing decoded.
+
+        Entries only grow, so an unchanged ``created_at`` means the first completions are the
+        same ones: the proxy's memo of encoded hits checks this on every use.
+        """
+        self._check_open()
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._ttl is not None and time.monotonic() - entry.written > self._ttl:
+            self._remove(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry.created_at
+
     async def append(
         self,
         key: str,

@@ -148,6 +148,20 @@ class SQLiteStore:
             key, load_request(rec.request), completions, rec.created_at, rec.updated_at
         )
 
+    async def created_at(self, key: str) -> float | None:
+        """When ``key``'s live entry was created, or ``None``; a use for LRU, nothing decoded."""
+        check_key(key)
+        view = self._view or await self._open()
+        rec = view.lookup(key)
+        if rec is None or rec.completions is None:
+            return None
+        if self._max_entries is not None:
+            touched = view.writer.touched
+            touched[key] = time.time()
+            if len(touched) == _TOUCH_BATCH:
+                view.writer.queue.put(Flush())
+        return rec.created_at
+
     async def append(
         self,
         key: str,
