@@ -93,13 +93,9 @@ class MemoryStore:
         self._check_open()
         check_key(key)
         check_limit(limit)
-        entry = self._entries.get(key)
+        entry = self._live(key)
         if entry is None:
             return None
-        if self._ttl is not None and time.monotonic() - entry.written > self._ttl:
-            self._remove(key)
-            return None
-        self._entries.move_to_end(key)
         return CacheEntry(
             key,
             load_request(entry.request),
@@ -115,6 +111,11 @@ class MemoryStore:
         same ones: the proxy's memo of encoded hits checks this on every use.
         """
         self._check_open()
+        entry = self._live(key)
+        return None if entry is None else entry.created_at
+
+    def _live(self, key: str) -> _Entry | None:
+        """The unexpired entry of ``key``, marked as just used; an expired one is dropped."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -122,7 +123,7 @@ class MemoryStore:
             self._remove(key)
             return None
         self._entries.move_to_end(key)
-        return entry.created_at
+        return entry
 
     async def append(
         self,

@@ -129,8 +129,25 @@ class SQLiteStore:
 
     async def get(self, key: str, *, limit: int | None = None) -> CacheEntry | None:
         """Return the entry for ``key`` (at most ``limit`` completions), or ``None``."""
-        check_key(key)
         check_limit(limit)
+        rec = await self._live(key)
+        if rec is None or rec.completions is None:
+            return None
+        completions = json.loads(rec.completions)
+        if limit is not None and limit < rec.n:
+            del completions[limit:]
+        return CacheEntry(
+            key, load_request(rec.request), completions, rec.created_at, rec.updated_at
+        )
+
+    async def created_at(self, key: str) -> float | None:
+        """When ``key``'s live entry was created, or ``None``; a use for LRU, nothing decoded."""
+        rec = await self._live(key)
+        return None if rec is None else rec.created_at
+
+    async def _live(self, key: str) -> Record | None:
+        """The live record of ``key`` (``None`` if absent or expired), counted as a use."""
+        check_key(key)
         view = self._view or await self._open()
         rec = view.lookup(key)
         if rec is None or rec.completions is None:
@@ -141,26 +158,7 @@ class SQLiteStore:
             touched[key] = time.time()
             if len(touched) == _TOUCH_BATCH:
                 view.writer.queue.put(Flush())
-        completions = json.loads(rec.completions)
-        if limit is not None and limit < rec.n:
-            del completions[limit:]
-        return CacheEntry(
-            key, load_request(rec.request), completions, rec.created_at, rec.updated_at
-        )
-
-    async def created_at(self, key: str) -> float | None:
-        """When ``key``'s live entry was created, or ``None``; a use for LRU, nothing decoded."""
-        check_key(key)
-        view = self._view or await self._open()
-        rec = view.lookup(key)
-        if rec is None or rec.completions is None:
-            return None
-        if self._max_entries is not None:
-            touched = view.writer.touched
-            touched[key] = time.time()
-            if len(touched) == _TOUCH_BATCH:
-                view.writer.queue.put(Flush())
-        return rec.created_at
+        return rec
 
     async def append(
         self,
