@@ -31,7 +31,6 @@ __all__ = [
     "run_wrk",
     "process_cpu_seconds",
     "runqueue_seconds",
-    "run_process_server",
     "serve_process",
     "steal_percent",
     "StealMeter",
@@ -46,38 +45,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_process_server(args: Sequence[str], url: str, timeout: float = 30.0) -> Iterator[None]:
-    """Run ``python -m ...`` in a child process until ``url`` answers 200; stop it afterwards."""
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early with code {proc.returncode}: {args}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready: {args}")
-            time.sleep(0.1)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
 def serve_process(
     args: Sequence[str], url: str, timeout: float = 30.0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Like ``run_process_server``, but yield the process (for its pid and CPU time)."""
+    """Run ``python ARGS`` until ``url`` answers 200; yield the process (pid, CPU time); stop it."""
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ from _common import (  # noqa: E402
     median,
     percentile,
     print_table,
-    run_process_server,
+    serve_process,
 )
 
 from sglang_client import SGLangClient  # noqa: E402
@@ -141,7 +141,7 @@ async def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = ["-m", "sglang_client.testing", "--host", "127.0.0.1", "--port", str(port)]
-    with run_process_server(server, f"{url}/health"):
+    with serve_process(server, f"{url}/health"):
         rows = []
         for concurrency in (1, 64):
             total = args.requests if concurrency > 1 else max(200, args.requests // 10)

@@ -6,8 +6,8 @@ served; this module is the typed surface (the same methods as ``SGLangClient``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sglang_client._bodies import generate_body
 from sglang_client.cache._engine import CachedResult, CachedStream, CacheEngine
@@ -26,6 +26,8 @@ from sglang_client.types import (
 )
 
 __all__ = ["CachedClient", "CachedResult", "CachedStream"]
+
+T = TypeVar("T")
 
 
 class CachedClient(CacheEngine):
@@ -83,13 +85,8 @@ class CachedClient(CacheEngine):
         """``SGLangClient.generate_stream`` through the cache, as ``StreamChunk`` objects."""
         body = generate_body(text, input_ids, sampling_params, rid, extra)
         stream = await self.generate_stream_json({**body, "stream": True}, read=cache, write=cache)
-        tracker = DeltaTracker()
-        try:
-            async for event in stream:
-                raise_for_event(event)
-                yield tracker.update(event)
-        finally:
-            await stream.aclose()
+        async for chunk in _typed(stream, DeltaTracker().update):
+            yield chunk
 
     async def chat_completion(
         self,
@@ -115,12 +112,8 @@ class CachedClient(CacheEngine):
         """``SGLangClient.chat_completion_stream`` through the cache."""
         body = {**params, "messages": list(messages), "model": model, "stream": True}
         stream = await self.chat_stream_json(body, read=cache, write=cache)
-        try:
-            async for event in stream:
-                raise_for_event(event)
-                yield ChatCompletionChunk.model_validate(event)
-        finally:
-            await stream.aclose()
+        async for chunk in _typed(stream, ChatCompletionChunk.model_validate):
+            yield chunk
 
     async def completion(
         self,
@@ -166,3 +159,13 @@ class CachedClient(CacheEngine):
 
     async def __aenter__(self) -> CachedClient:
         return self
+
+
+async def _typed(stream: CachedStream, convert: Callable[[Any], T]) -> AsyncIterator[T]:
+    """Raise for error events, convert the rest, and close the stream however the loop ends."""
+    try:
+        async for event in stream:
+            raise_for_event(event)
+            yield convert(event)
+    finally:
+        await stream.aclose()
