@@ -27,6 +27,7 @@ _PAGE = (
 )
 
 SCHEMA_VERSION = 1
+_READ_MMAP_BYTES = 1 << 30
 
 # The stats row is kept exact by triggers in the same transactions, so opening and counting
 # never scan the table. (The writer enables recursive_triggers, so INSERT OR REPLACE fires the
@@ -123,6 +124,10 @@ def connect_reader(path: Path, busy_timeout: float) -> sqlite3.Connection:
     )
     try:
         reader.execute("PRAGMA query_only=1")
+        # Reads through a memory map skip a system call per page: a random hit in a 1M-entry
+        # file walks two B-trees, and without the map it costs ~1.5x what a 1k-entry one does.
+        # Only this read-only connection maps the file; nothing is loaded until it is read.
+        reader.execute(f"PRAGMA mmap_size={_READ_MMAP_BYTES}")
     except BaseException:
         reader.close()
         raise
