@@ -60,6 +60,8 @@ class HitMemo:
         self.max_body = max_body
         self._items: OrderedDict[bytes, MemoHit] = OrderedDict()
         self._bytes = 0
+        # Cheaper than get(): decodes nothing. Stores without it fall back to get(limit=0).
+        self._probe = getattr(cached.store, "created_at", None)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -74,13 +76,12 @@ class HitMemo:
         hit = self._items.get(raw)
         if hit is None:
             return None
-        store = self.cached.store
-        probe = getattr(store, "created_at", None)  # cheaper than get(): decodes nothing
+        probe = self._probe
         try:
             if probe is not None:
                 created = await probe(hit.key)
             else:
-                entry = await store.get(hit.key, limit=0)
+                entry = await self.cached.store.get(hit.key, limit=0)
                 created = None if entry is None else entry.created_at
         except StoreError:
             created = None  # the full path reports the failure and degrades to a miss

@@ -33,6 +33,7 @@ from sglang_client.server._asgi import (
     SSE_DONE,
     BodyTooLarge,
     ClientGone,
+    Message,
     Receive,
     RequestHeaders,
     Scope,
@@ -64,6 +65,7 @@ CACHED_ROUTES = {
 # SGLang checks the media type on the OpenAI routes only; curl -d sends form-urlencoded.
 _GENERATE_TYPES = frozenset({"application/json", "", "application/x-www-form-urlencoded"})
 _OPENAI_TYPES = frozenset({"application/json"})
+_MEMO_TYPES = frozenset({b"application/json", None})
 _OPEN_PATHS = ("/health", "/ready", "/metrics")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -141,6 +143,13 @@ class ProxyApp:
             return
         started = time.perf_counter()
         path: str = scope["path"]
+        if path == "/generate" and scope["method"] == "POST" and self.memo.enabled:
+            # A busy cache's commonest request, a repeat, answered before any parsing: the
+            # HTTP server's own work is most of a hit's cost, so every step here counts.
+            read = await self._memo_hit(scope, receive, send, started)
+            if read is None:
+                return
+            receive = _replay(read, receive)
         try:
             status, cache = await self._dispatch(scope, receive, send, path)
         except Exception as exc:
@@ -153,6 +162,60 @@ class ProxyApp:
                 await send_json(send, 500, error_body(500, message, "InternalServerError"))
         route = path if path in CACHED_ROUTES else "other"
         self.metrics.observe(route, cache, status, time.perf_counter() - started)
+
+    async def _memo_hit(
+        self, scope: Scope, receive: Receive, send: Send, started: float
+    ) -> list[Message] | None:
+        """Send the memoised response of a repeated ``/generate`` body.
+
+        Returns ``None`` when it did, else the request messages it read (for the full path).
+        Anything unusual (a content type or ``Cache-Control`` the full path must look at, a
+        failed auth check, a body over the limit, a disconnect) goes the full path.
+        """
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type") not in _MEMO_TYPES or b"cache-control" in headers:
+            return []
+        if self.config.api_key is not None and self._denied(
+            RequestHeaders(scope), "/generate", "POST"
+        ):
+            return []
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            messages = [message]
+            raw: bytes = message.get("body", b"")
+        else:
+            messages, raw = await self._read_small(message, receive)
+            if not raw:
+                return messages
+        hit = await self.memo.lookup(raw)
+        if hit is None:
+            return messages
+        await send({"type": "http.response.start", "status": 200, "headers": hit.headers})
+        await send({"type": "http.response.body", "body": hit.response})
+        elapsed = time.perf_counter() - started
+        self.cached.record_hit(elapsed, hit.served)
+        self.metrics.observe("/generate", "HIT", 200, elapsed)
+        self._log(CacheStatus.HIT, "/generate", started)
+        return None
+
+    async def _read_small(self, message: Message, receive: Receive) -> tuple[list[Message], bytes]:
+        """The rest of a body in several messages: (messages read, body or ``b""``).
+
+        Only bodies the memo can hold are read whole; a bigger one, or a disconnect, is left to
+        the full path.
+        """
+        limit = min(self.config.max_body_bytes, self.memo.max_body)
+        messages = [message]
+        size = len(message.get("body", b""))
+        while message["type"] == "http.request" and message.get("more_body", False):
+            if size > limit:
+                return messages, b""
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+        if message["type"] != "http.request" or size > limit:
+            return messages, b""
+        return messages, b"".join(m.get("body", b"") for m in messages)
 
     def _denied(self, headers: RequestHeaders, path: str, method: str) -> tuple[int, str] | None:
         """The auth failure for this request, if any (SGLang's rules, plus the admin key)."""
@@ -394,6 +457,18 @@ class ProxyApp:
         finally:
             await self.passthrough.aclose()
             await self.cached.client.aclose()
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first returns ``messages``, the ones already read."""
+    if not messages:
+        return receive
+    pending = list(reversed(messages))
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

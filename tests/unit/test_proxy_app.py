@@ -151,6 +151,84 @@ async def test_memo_never_stores_what_the_full_path_would_not_send(proxy: Proxy)
     assert len(proxy.app.memo) == 0
 
 
+async def asgi_call(app: ProxyApp, messages: list[dict[str, Any]], **headers: str) -> list[Any]:
+    """Call the app with exactly these request messages; return what it sent."""
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/generate",
+        "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
+        "query_string": b"",
+    }
+    pending = list(messages)
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_memoised_hits_still_check_the_api_key(make_proxy: Make) -> None:
+    proxy = make_proxy(api_key="sk-1")
+    auth = {"Authorization": "Bearer sk-1"}
+    first = await proxy.generate(**auth)
+    assert (await proxy.generate(**auth)).headers["x-cache"] == "HIT"
+    assert len(proxy.app.memo) == 1
+    assert (await proxy.generate()).status_code == 401
+    assert (await proxy.generate(Authorization="Bearer sk-2")).status_code == 401
+    hit = await proxy.generate(**auth)
+    assert (hit.headers["x-cache"], hit.content) == ("HIT", first.content)
+
+
+async def test_memoised_bodies_still_honour_cache_control_and_content_type(proxy: Proxy) -> None:
+    raw = json.dumps(BODY).encode()
+
+    async def post(content_type: str, **headers: str) -> httpx.Response:
+        headers["Content-Type"] = content_type
+        return await proxy.http.post("/generate", content=raw, headers=headers)
+
+    first = await post("application/json")
+    await post("application/json")
+    assert len(proxy.app.memo) == 1
+    fresh = await post("application/json", **{"Cache-Control": "no-cache"})
+    assert fresh.headers["x-cache"] == "MISS"
+    assert proxy.upstream.generated == 2
+    assert_sglang_error(await post("text/plain"), 400, "Only 'application/json' is allowed")
+    # curl -d sends form-urlencoded; SGLang takes it on /generate, and so does the memo's
+    # full-path fallback.
+    hit = await post("application/x-www-form-urlencoded")
+    assert hit.headers["x-cache"] == "HIT"
+    assert hit.content == first.content
+    assert (await post("application/json")).content == first.content
+
+
+async def test_memoised_body_in_several_messages_and_early_disconnect(proxy: Proxy) -> None:
+    raw = json.dumps(BODY).encode()
+    sent = await proxy.http.post(
+        "/generate", content=raw, headers={"Content-Type": "application/json"}
+    )
+    await proxy.http.post("/generate", content=raw, headers={"Content-Type": "application/json"})
+    assert len(proxy.app.memo) == 1
+    parts = [
+        {"type": "http.request", "body": raw[:5], "more_body": True},
+        {"type": "http.request", "body": raw[5:], "more_body": False},
+    ]
+    out = await asgi_call(proxy.app, parts, content_type="application/json")
+    assert out[0]["status"] == 200
+    assert dict(out[0]["headers"])[b"x-cache"] == b"HIT"
+    assert out[1]["body"] == sent.content
+    # A client gone before its body: nothing sent, nothing counted as served.
+    hits = proxy.app.cached.counters.hits
+    assert await asgi_call(proxy.app, [], content_type="application/json") == []
+    assert proxy.app.cached.counters.hits == hits
+    assert proxy.upstream.generated == 1
+
+
 async def test_memo_disabled(make_proxy: Make) -> None:
     proxy = make_proxy(hit_memo_bytes=0)
     await proxy.generate()
