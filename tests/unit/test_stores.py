@@ -543,6 +543,35 @@ async def test_sqlite_counts_survive_reopen_and_match_the_rows(tmp_path: Path) -
     assert counts.num_keys == 50
 
 
+async def test_sqlite_big_mixed_batch_keeps_every_row_in_creation_order(tmp_path: Path) -> None:
+    # One write-behind batch holding several multi-row INSERT chunks (128 rows each), with an
+    # update and a delete of older keys between them.
+    store = SQLiteStore(tmp_path, flush_interval=30, max_batch=1000)
+    for i in range(10):
+        await store.append(f"k{i}", [completion(i)], request={"i": i})
+    await store.flush()
+    for i in range(200):
+        await store.append(f"n{i}", [completion(i)], request={"n": i})
+    await store.append("k3", [completion(33)])
+    assert await store.delete("k5")
+    for i in range(200, 400):
+        await store.append(f"n{i}", [completion(i)], request={"n": i})
+    assert store.pending_writes > 300  # still queued: all of it goes in one batch
+    await store.aclose()
+
+    reopened = SQLiteStore(tmp_path)
+    entries = await reopened.iter_entries(offset=0, limit=1000)
+    counts = await reopened.count()
+    await reopened.aclose()
+    expected = [f"k{i}" for i in range(10) if i != 5] + [f"n{i}" for i in range(400)]
+    assert [e.key for e in entries] == expected
+    by_key = {e.key: e for e in entries}
+    assert by_key["k3"].completions == [completion(3), completion(33)]
+    assert by_key["n399"].request == {"n": 399}
+    assert by_key["n128"].completions == [completion(128)]
+    assert (counts.num_keys, counts.total_responses) == (409, 410)
+
+
 # -- RedisStore ------------------------------------------------------------------------------
 
 
