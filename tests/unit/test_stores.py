@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import os
 import random
@@ -452,6 +453,26 @@ async def test_memory_max_bytes_bounds_the_json_text() -> None:
     assert await store.count() == (1, 2)
     await store.append("huge", [{"text": "y" * 500}])  # bigger than the budget: not kept
     assert await store.count() == (0, 0)
+
+
+async def test_memory_entries_add_nothing_to_the_garbage_collectors_scans() -> None:
+    # A full collection walks every tracked object: at a million entries, entries as objects
+    # made each one take ~0.3 s. Stored entries must be objects the collector stops tracking.
+    store = MemoryStore()
+    await store.append("warm", [completion(0)], request={"i": 0})  # one-time caches
+    await store.append("warm", [completion(1)])
+    await store.get("warm")
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(2000):
+        await store.append(f"k{i}", [completion(i)], request={"i": i})
+    await store.append("k7", [completion(7)])  # a replaced entry is untracked as well
+    # Collections untrack tuples as they examine them: a few may wait for the next full one.
+    gc.collect()
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
+    assert (await store.get("k7")) is not None
+    assert len((await store.get("k7")).completions) == 2  # type: ignore[union-attr]
 
 
 async def test_memory_rejects_bad_bounds() -> None:
