@@ -143,14 +143,14 @@ class ProxyApp:
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        if path == "/generate" and scope["method"] == "POST" and self.memo.enabled:
-            # A busy cache's commonest request, a repeat, answered before any parsing: the
-            # HTTP server's own work is most of a hit's cost, so every step here counts.
-            read = await self._memo_hit(scope, receive, send, started)
-            if read is None:
-                return
-            receive = _replay(read, receive)
         try:
+            if path == "/generate" and scope["method"] == "POST" and self.memo.enabled:
+                # A busy cache's commonest request, a repeat, answered before any parsing: the
+                # HTTP server's own work is most of a hit's cost, so every step here counts.
+                read = await self._memo_hit(scope, receive, send, started)
+                if read is None:
+                    return  # served and counted
+                receive = _replay(read, receive)
             status, cache = await self._dispatch(scope, receive, send, path)
         except Exception as exc:
             # A bug of ours, never a client's mistake: say so, and keep serving.

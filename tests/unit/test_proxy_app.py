@@ -443,6 +443,20 @@ async def test_internal_error_is_500_and_the_app_keeps_serving(proxy: Proxy) -> 
     assert (await proxy.generate()).status_code == 200
 
 
+async def test_internal_error_on_the_memo_path_is_500_too(proxy: Proxy) -> None:
+    first = await proxy.generate()
+    await proxy.generate()
+    assert len(proxy.app.memo) == 1
+
+    async def broken(key: str) -> float:
+        raise RuntimeError("probe boom")
+
+    proxy.app.memo._probe = broken
+    assert_sglang_error(await proxy.generate(), 500, "probe boom")
+    proxy.app.memo._probe = proxy.store.created_at
+    assert (await proxy.generate()).content == first.content
+
+
 # ---------------------------------------------------------------------- streaming
 
 
