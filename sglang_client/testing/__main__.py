@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         app = create_fake_app(**options)
     except (TypeError, ValueError) as exc:
         sys.exit(f"error: {exc}")
-    sock = bind_loopback(host, port)
+    try:
+        sock = bind_loopback(host, port)
+    except OSError as exc:  # a taken port, an address this machine does not have
+        sys.exit(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}")
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
     server = uvicorn.Server(config)

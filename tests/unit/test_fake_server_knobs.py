@@ -442,3 +442,18 @@ def test_cli_serves_until_terminated() -> None:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_command_line_on_a_taken_port_says_so() -> None:
+    import socket
+
+    from sglang_client.testing.__main__ import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["--port", str(port)])
+    assert str(exited.value.code).startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert "in use" in str(exited.value.code)
