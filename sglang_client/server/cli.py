@@ -288,6 +288,7 @@ async def _import(store: CacheStore, path: str) -> int:
     source: TextIO = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115, ASYNC230 (offline CLI)
     imported = skipped = 0
     try:
+        await store.count()  # opens (creates) the cache, so even an empty file leaves one
         for number, line in enumerate(source, start=1):
             if not line.strip():
                 continue

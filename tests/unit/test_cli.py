@@ -121,6 +121,19 @@ def test_export_import_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert counts(target) == (0, 0)
 
 
+def test_import_of_an_empty_file_leaves_an_empty_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    target = tmp_path / "cache"
+    assert main(["import", str(empty), "--cache-path", str(target)]) == 0
+    assert "imported 0 entries" in capsys.readouterr().err
+    assert main(["stats", "--cache-path", str(target)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["num_keys"], stats["total_responses"]) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
