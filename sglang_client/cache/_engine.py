@@ -23,6 +23,7 @@ from sglang_client.cache._helpers import (
     CachedResult,
     CachedStream,
     ChatRecorder,
+    CompletionRecorder,
     StreamRecorder,
     all_finished,
     iterate,
@@ -38,6 +39,7 @@ from sglang_client.cache._records import (
     assemble_openai,
     openai_records,
     replay_chat_chunks,
+    replay_completion_chunks,
     replay_generate_chunk,
     split_generate,
 )
@@ -380,32 +382,33 @@ class CacheEngine:
         self._record(CacheStatus.HIT, started, int(n), 0)
         return CachedResult(output, CacheStatus.HIT, from_cache=int(n))
 
-    async def chat_stream_json(
-        self, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+    async def openai_stream_json(
+        self, path: str, body: Mapping[str, Any], *, read: bool = True, write: bool = True
     ) -> CachedStream:
-        """Serve a raw streaming chat body: a full hit is replayed, anything else passes through.
+        """Serve a raw streaming chat or completions body: a full hit is replayed.
 
         A miss (nothing cached) is recorded as it streams and stored once it finished cleanly;
         a partial hit streams through without using the cache (``BYPASS``).
         """
         started = time.perf_counter()
+        kind, _ = openai_kind(path)
         n = body.get("n", 1)
-        path = "/v1/chat/completions"
-        if not ((read or write) and openai_cacheable("chat", body) and valid_n(n)):
+        if not ((read or write) and openai_cacheable(kind, body) and valid_n(n)):
             return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
         model = await self._model_identity()
         request = semantic_fields(body)
-        key = cache_key("chat", model, request)
+        key = cache_key(kind, model, request)
         need = 1 if is_greedy(body.get("temperature")) else int(n)
         have = (await self._read_all([key], [need]))[0] if read else []
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if len(have) >= need:
-            events = replay_chat_chunks(repeat(have, int(n)), body.get("model"), include_usage)
+            replay = replay_chat_chunks if kind == "chat" else replay_completion_chunks
+            events = replay(repeat(have, int(n)), body.get("model"), include_usage)
             self._record(CacheStatus.HIT, started, int(n), 0)
             return CachedStream(CacheStatus.HIT, iterate(events))
         if have:
             return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
-        recording = self._chat_record(body, key, request, int(n), include_usage, write, started)
+        recording = self._openai_record(path, body, key, request, include_usage, write, started)
         return CachedStream(CacheStatus.MISS, recording)
 
     async def _openai_passthrough(
@@ -415,24 +418,26 @@ class CacheEngine:
             yield event
         self._record(CacheStatus.BYPASS, started, 0, 0)
 
-    async def _chat_record(
+    async def _openai_record(
         self,
+        path: str,
         body: Mapping[str, Any],
         key: str,
         request: JSON,
-        n: int,
         include_usage: bool,
         write: bool,
         started: float,
     ) -> AsyncIterator[JSON]:
+        n = int(body.get("n", 1))
         async with AsyncExitStack() as stack:
             await self._lock(stack, [key])
             # Ask for usage so the stored completions carry token counts; hide it if unasked.
             upstream = {**body, "stream_options": {**(body.get("stream_options") or {})}}
             upstream["stream_options"]["include_usage"] = True
-            recorder = ChatRecorder()
+            chat = openai_kind(path)[0] == "chat"
+            recorder = ChatRecorder() if chat else CompletionRecorder()
             failed = False
-            async for event in self.client.stream_json("/v1/chat/completions", upstream):
+            async for event in self.client.stream_json(path, upstream):
                 failed = failed or "error" in event
                 recorder.feed(event)
                 if event.get("choices") == [] and "usage" in event and not include_usage:

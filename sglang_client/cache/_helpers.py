@@ -14,6 +14,7 @@ __all__ = [
     "CachedResult",
     "CachedStream",
     "ChatRecorder",
+    "CompletionRecorder",
     "StreamRecorder",
     "all_finished",
     "iterate",
@@ -167,5 +168,51 @@ class ChatRecorder:
             message = {"role": "assistant", "content": "".join(self._content.get(i, []))}
             choices.append(
                 {"index": i, "message": message, "finish_reason": finish, "matched_stop": matched}
+            )
+        return {**self._envelope, "choices": choices, "usage": self._usage}
+
+
+class CompletionRecorder:
+    """Rebuild a ``/v1/completions`` response from its stream's text chunks.
+
+    Streamed logprobs arrive in per-chunk pieces; such a stream passes through unstored.
+    """
+
+    def __init__(self) -> None:
+        self._text: dict[int, list[str]] = {}
+        self._finish: dict[int, tuple[object, object]] = {}
+        self._usage: JSON | None = None
+        self._envelope: JSON = {}
+        self._unstorable = False
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        if not self._envelope and "id" in event:
+            self._envelope = {k: event[k] for k in ("id", "created", "model") if k in event}
+        if event.get("usage"):
+            self._usage = dict(event["usage"])
+        for choice in event.get("choices") or []:
+            index = int(choice.get("index") or 0)
+            if choice.get("logprobs") is not None:
+                self._unstorable = True
+            if choice.get("text"):
+                self._text.setdefault(index, []).append(choice["text"])
+            if choice.get("finish_reason") is not None:
+                self._finish[index] = (choice["finish_reason"], choice.get("matched_stop"))
+
+    def response(self, n: int) -> JSON | None:
+        if self._unstorable or sorted(self._finish) != list(range(n)) or self._usage is None:
+            return None
+        choices = []
+        for i in range(n):
+            finish, matched = self._finish[i]
+            text = "".join(self._text.get(i, []))
+            choices.append(
+                {
+                    "index": i,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "matched_stop": matched,
+                }
             )
         return {**self._envelope, "choices": choices, "usage": self._usage}

@@ -23,6 +23,7 @@ __all__ = [
     "assemble_openai",
     "openai_records",
     "replay_chat_chunks",
+    "replay_completion_chunks",
     "replay_generate_chunk",
     "split_generate",
 ]
@@ -219,4 +220,53 @@ def replay_chat_chunks(
     if include_usage:
         assembled = assemble_openai(records, "chat.completion", model)
         events.append({**chunk(0, {}), "choices": [], "usage": assembled["usage"]})
+    return events
+
+
+def replay_completion_chunks(
+    records: Sequence[Mapping[str, Any]], model: object, include_usage: bool
+) -> list[JSON]:
+    """Completions stream events replaying stored completions (§7.4): one chunk per choice.
+
+    The finish reason rides on a choice's last (here: only) text chunk, each choice has its own
+    id as in SGLang, and the usage chunk leaves out empty fields.
+    """
+    created = int(time.time())
+    name = model if isinstance(model, str) else "default"
+    ids = [uuid.uuid4().hex for _ in records]
+    events = []
+    for i, record in enumerate(records):
+        choice = record["choice"]
+        events.append(
+            {
+                "id": ids[i],
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": [
+                    {
+                        "index": i,
+                        "text": choice.get("text") or "",
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": choice.get("finish_reason"),
+                        "matched_stop": choice.get("matched_stop"),
+                    }
+                ],
+                "usage": None,
+            }
+        )
+    if include_usage:
+        usage = assemble_openai(records, "text_completion", model)["usage"]
+        usage = {k: v for k, v in usage.items() if v is not None}
+        usage["reasoning_tokens"] = 0
+        events.append(
+            {
+                "id": ids[0],
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": [],
+                "usage": usage,
+            }
+        )
     return events

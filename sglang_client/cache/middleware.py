@@ -18,6 +18,7 @@ from sglang_client.types import (
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
+    CompletionChunk,
     GenerateResponse,
     HealthStatus,
     ModelInfo,
@@ -111,7 +112,8 @@ class CachedClient(CacheEngine):
     ) -> AsyncIterator[ChatCompletionChunk]:
         """``SGLangClient.chat_completion_stream`` through the cache."""
         body = {**params, "messages": list(messages), "model": model, "stream": True}
-        stream = await self.chat_stream_json(body, read=cache, write=cache)
+        path = "/v1/chat/completions"
+        stream = await self.openai_stream_json(path, body, read=cache, write=cache)
         async for chunk in _typed(stream, ChatCompletionChunk.model_validate):
             yield chunk
 
@@ -128,6 +130,21 @@ class CachedClient(CacheEngine):
         body["model"] = model
         result = await self.openai_json("/v1/completions", body, read=cache, write=cache)
         return Completion.model_validate(result.body)
+
+    async def completion_stream(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        model: str = "default",
+        cache: bool = True,
+        **params: object,
+    ) -> AsyncIterator[CompletionChunk]:
+        """``SGLangClient.completion_stream`` through the cache."""
+        body = {**params, "prompt": prompt if isinstance(prompt, str) else list(prompt)}
+        body.update(model=model, stream=True)
+        stream = await self.openai_stream_json("/v1/completions", body, read=cache, write=cache)
+        async for chunk in _typed(stream, CompletionChunk.model_validate):
+            yield chunk
 
     async def health(self, *, timeout: float = 5.0) -> HealthStatus:
         """The upstream's health (never raises)."""

@@ -328,13 +328,7 @@ class ProxyApp:
     ) -> CachedStream:
         if kind == "generate":
             return await self.cached.generate_stream_json(body, read=read, write=write)
-        if kind == "chat":
-            return await self.cached.chat_stream_json(body, read=read, write=write)
-        from sglang_client.cache import CachedStream
-
-        # CachedClient does not cache /v1/completions streams (yet): they pass through.
-        events = self.cached.client.stream_json(path, body).__aiter__()
-        return CachedStream(CacheStatus.BYPASS, events)
+        return await self.cached.openai_stream_json(path, body, read=read, write=write)
 
     async def _stream(
         self, stream: CachedStream, receive: Receive, send: Send, started: float, path: str

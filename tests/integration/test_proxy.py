@@ -174,11 +174,25 @@ def test_openai_client_through_the_proxy(shared: ProxyProcess, fake: FakeSGLangS
         )
         assert (done.headers["x-cache"], redo.headers["x-cache"]) == ("MISS", "HIT")
         assert redo.parse().choices[0].text == done.parse().choices[0].text
-        pieces = list(
-            client.completions.create(model="default", prompt=prompt, max_tokens=6, stream=True)
+        replayed = client.completions.with_raw_response.create(
+            model="default", prompt=prompt, max_tokens=6, stream=True
         )
+        assert replayed.headers["x-cache"] == "HIT"
+        pieces = list(replayed.parse())
+        assert "".join(c.choices[0].text for c in pieces) == done.parse().choices[0].text
         assert pieces[-1].choices[0].finish_reason in ("stop", "length")
-        # chat: one miss, one streamed miss; completions: one miss, one streamed (uncached)
+        other = fresh()
+        streamed = client.completions.with_raw_response.create(
+            model="default", prompt=other, max_tokens=6, stream=True
+        )
+        assert streamed.headers["x-cache"] == "MISS"
+        text = "".join(c.choices[0].text for c in streamed.parse() if c.choices)
+        after = client.completions.with_raw_response.create(
+            model="default", prompt=other, max_tokens=6
+        )
+        assert after.headers["x-cache"] == "HIT"
+        assert after.parse().choices[0].text == text
+        # chat: one miss, one streamed miss; completions: one miss, one streamed miss
         assert fake.app.stats.completions_generated - before == 4
     finally:
         client.close()

@@ -46,6 +46,8 @@ class Upstream:
             return self._generate(body)
         if path == "/v1/chat/completions":
             return self._chat(body)
+        if path == "/v1/completions":
+            return self._completions(body)
         return httpx.Response(404, json={"detail": "Not Found"})
 
     def _generate(self, body: dict[str, Any]) -> httpx.Response:
@@ -124,6 +126,44 @@ class Upstream:
             events.append(
                 {"id": rid, "object": "chat.completion.chunk", "choices": [], "usage": usage}
             )
+        wire = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(
+            200, content=wire.encode(), headers={"content-type": "text/event-stream"}
+        )
+
+    def _completions(self, body: dict[str, Any]) -> httpx.Response:
+        """Prompt ``CUT``: the stream ends without a finish reason (the upstream died)."""
+        n = body.get("n", 1)
+        texts = []
+        for _ in range(n):
+            self.generated += 1
+            texts.append(f" words of draft {self.generated}")
+        usage = {"prompt_tokens": 4, "completion_tokens": 4 * n, "total_tokens": 4 + 4 * n}
+        rid = uuid.uuid4().hex
+        logprobs = {"tokens": ["x"], "token_logprobs": [-0.5]} if body.get("logprobs") else None
+        if not body.get("stream"):
+            choices = [
+                {"index": i, "text": t, "logprobs": logprobs, "finish_reason": "length"}
+                for i, t in enumerate(texts)
+            ]
+            response = {"id": rid, "object": "text_completion", "created": 1, "model": "m"}
+            return httpx.Response(200, json={**response, "choices": choices, "usage": usage})
+        events = []
+        for i, text in enumerate(texts):
+            words = [" " + w for w in text.split(" ")[1:]]
+            for w, word in enumerate(words):
+                last = w == len(words) - 1 and body.get("prompt") != "CUT"
+                choice = {
+                    "index": i,
+                    "text": word,
+                    "logprobs": logprobs,
+                    "finish_reason": "length" if last else None,
+                    "matched_stop": None,
+                }
+                base = {"id": rid, "object": "text_completion", "created": 1, "model": "m"}
+                events.append({**base, "choices": [choice], "usage": None})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({"id": rid, "object": "text_completion", "choices": [], "usage": usage})
         wire = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
         return httpx.Response(
             200, content=wire.encode(), headers={"content-type": "text/event-stream"}

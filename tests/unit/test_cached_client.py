@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -265,6 +266,65 @@ async def test_chat_n_aware_and_stream_replay(make_store: StoreFactory) -> None:
         for choice in chunk.choices:
             by_index[choice.index] = by_index.get(choice.index, "") + (choice.delta.content or "")
     assert [by_index[i] for i in range(3)] == [c.message.content for c in three.choices]
+
+
+async def test_completion_stream_is_recorded_then_replayed(make_store: StoreFactory) -> None:
+    up = Upstream()
+    cached = CachedClient(client_for(up), make_store())
+
+    def joined(chunks: list[Any]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for chunk in chunks:
+            for choice in chunk.choices:
+                out[choice.index] = out.get(choice.index, "") + choice.text
+        return out
+
+    first = [c async for c in cached.completion_stream("once", n=2, temperature=0.7)]
+    assert up.generated == 2
+    assert all(c.choices for c in first)  # usage was asked upstream only to store token counts
+    streamed = joined(first)
+    stored = await cached.completion("once", n=2, temperature=0.7)  # the stream filled the cache
+    assert up.generated == 2
+    assert [c.text for c in stored.choices] == [streamed[0], streamed[1]]
+    assert stored.usage is not None and stored.usage.completion_tokens == 8
+    replay = [
+        c
+        async for c in cached.completion_stream(
+            "once", n=2, temperature=0.7, stream_options={"include_usage": True}
+        )
+    ]
+    assert up.generated == 2
+    assert joined(replay) == streamed
+    assert [c.choices[0].finish_reason for c in replay[:2]] == ["length", "length"]
+    assert replay[-1].choices == [] and replay[-1].usage is not None
+    assert replay[-1].usage.completion_tokens == 8
+    stats = await cached.stats()
+    assert (stats.misses, stats.hits) == (1, 2)
+    # More than is cached: the stream passes through (BYPASS) and stores nothing.
+    three = await cached.openai_stream_json(
+        "/v1/completions",
+        {"prompt": "once", "model": "default", "n": 3, "temperature": 0.7, "stream": True},
+    )
+    assert three.status is CacheStatus.BYPASS
+    assert len({e["choices"][0]["index"] async for e in three if e["choices"]}) == 3
+    assert up.generated == 5
+    assert (await cached.stats()).total_responses == 2
+
+
+async def test_completion_streams_cut_short_or_with_logprobs_are_not_stored(
+    make_store: StoreFactory,
+) -> None:
+    up = Upstream()
+    cached = CachedClient(client_for(up), make_store())
+    for _ in range(2):
+        cut = [c async for c in cached.completion_stream("CUT")]
+        assert cut[-1].choices[0].finish_reason is None
+    assert up.generated == 2
+    for _ in range(2):
+        with_logprobs = [c async for c in cached.completion_stream("lp", logprobs=1)]
+        assert with_logprobs[0].choices[0].logprobs is not None
+    assert up.generated == 4
+    assert (await cached.stats()).total_responses == 0
 
 
 async def test_cache_false_bypasses(make_store: StoreFactory) -> None:

@@ -508,6 +508,35 @@ async def test_chat_miss_hit_and_stream_replay(proxy: Proxy) -> None:
     assert proxy.upstream.generated == 1
 
 
+async def test_completions_stream_miss_then_replayed_hit(proxy: Proxy) -> None:
+    body = {"model": "m", "prompt": "tell me", "max_tokens": 4, "n": 2, "stream": True}
+    miss = await proxy.post("/v1/completions", body)
+    assert miss.headers["x-cache"] == "MISS"
+    assert miss.headers["content-type"].startswith("text/event-stream")
+    missed = sse_events(miss)
+    assert all(e["choices"] for e in missed)  # the usage chunk the proxy asked for stays hidden
+    hit = await proxy.post("/v1/completions", body)
+    assert hit.headers["x-cache"] == "HIT"
+    replayed = sse_events(hit)
+    assert proxy.upstream.generated == 2
+
+    def texts(events: list[Any]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for event in events:
+            assert event["object"] == "text_completion"
+            for choice in event["choices"]:
+                out[choice["index"]] = out.get(choice["index"], "") + choice["text"]
+        return out
+
+    assert texts(replayed) == texts(missed)
+    assert [e["choices"][0]["finish_reason"] for e in replayed] == ["length", "length"]
+    assert all(e["usage"] is None and e["model"] == "m" for e in replayed)
+    whole = await proxy.post("/v1/completions", {**body, "stream": False})
+    assert whole.headers["x-cache"] == "HIT"
+    assert [c["text"] for c in whole.json()["choices"]] == [texts(missed)[0], texts(missed)[1]]
+
+
+# ---------------------------------------------------------------------- auth
 # ---------------------------------------------------------------------- auth
 
 
