@@ -37,6 +37,7 @@ from sglang_client.cache._helpers import (
 from sglang_client.cache._records import (
     GenerateSplit,
     assemble_openai,
+    chat_replayable,
     openai_records,
     replay_chat_chunks,
     replay_completion_chunks,
@@ -401,7 +402,7 @@ class CacheEngine:
         need = 1 if is_greedy(body.get("temperature")) else int(n)
         have = (await self._read_all([key], [need]))[0] if read else []
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if len(have) >= need:
+        if len(have) >= need and (kind != "chat" or chat_replayable(have)):
             replay = replay_chat_chunks if kind == "chat" else replay_completion_chunks
             events = replay(repeat(have, int(n)), body.get("model"), include_usage)
             self._record(CacheStatus.HIT, started, int(n), 0)

@@ -138,13 +138,18 @@ class StreamRecorder:
 
 
 class ChatRecorder:
-    """Rebuild a chat response from its stream's deltas."""
+    """Rebuild a chat response from its stream's deltas.
+
+    Streamed tool calls and logprobs arrive in pieces; such a stream passes through unstored.
+    """
 
     def __init__(self) -> None:
         self._content: dict[int, list[str]] = {}
+        self._reasoning: dict[int, list[str]] = {}
         self._finish: dict[int, tuple[object, object]] = {}
         self._usage: JSON | None = None
         self._envelope: JSON = {}
+        self._unstorable = False
 
     def feed(self, event: Mapping[str, Any]) -> None:
         if not self._envelope and "id" in event:
@@ -154,20 +159,36 @@ class ChatRecorder:
         for choice in event.get("choices") or []:
             index = int(choice.get("index") or 0)
             delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or choice.get("logprobs") is not None:
+                self._unstorable = True
             if delta.get("content"):
                 self._content.setdefault(index, []).append(delta["content"])
+            if delta.get("reasoning_content"):
+                self._reasoning.setdefault(index, []).append(delta["reasoning_content"])
             if choice.get("finish_reason") is not None:
                 self._finish[index] = (choice["finish_reason"], choice.get("matched_stop"))
 
     def response(self, n: int) -> JSON | None:
-        if sorted(self._finish) != list(range(n)) or self._usage is None:
+        if self._unstorable or sorted(self._finish) != list(range(n)) or self._usage is None:
             return None
         choices = []
         for i in range(n):
             finish, matched = self._finish[i]
-            message = {"role": "assistant", "content": "".join(self._content.get(i, []))}
+            reasoning = "".join(self._reasoning[i]) if i in self._reasoning else None
+            message = {
+                "role": "assistant",
+                "content": "".join(self._content.get(i, [])),
+                "reasoning_content": reasoning,
+                "tool_calls": None,
+            }
             choices.append(
-                {"index": i, "message": message, "finish_reason": finish, "matched_stop": matched}
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "matched_stop": matched,
+                }
             )
         return {**self._envelope, "choices": choices, "usage": self._usage}
 

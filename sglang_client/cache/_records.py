@@ -22,6 +22,7 @@ __all__ = [
     "GenerateSplit",
     "assemble_openai",
     "openai_records",
+    "chat_replayable",
     "replay_chat_chunks",
     "replay_completion_chunks",
     "replay_generate_chunk",
@@ -141,6 +142,7 @@ def openai_records(response: Mapping[str, Any]) -> list[JSON]:
     total = int(usage.get("completion_tokens") or 0)
     prompt_tokens = int(usage.get("prompt_tokens") or 0)
     share, remainder = divmod(total, max(1, len(choices)))
+    thinking, extra = divmod(int(usage.get("reasoning_tokens") or 0), max(1, len(choices)))
     envelope = {
         key: response[key] for key in ("id", "created", "model", "metadata") if key in response
     }
@@ -150,6 +152,7 @@ def openai_records(response: Mapping[str, Any]) -> list[JSON]:
             {
                 "choice": {k: v for k, v in choice.items() if k != "index"},
                 "completion_tokens": share + (remainder if i == 0 else 0),
+                "reasoning_tokens": thinking + (extra if i == 0 else 0),
                 "prompt_tokens": prompt_tokens,
                 "envelope": envelope,
             }
@@ -161,6 +164,7 @@ def assemble_openai(records: Sequence[Mapping[str, Any]], obj: str, model: objec
     """A chat/completions response built from stored completions (choices re-indexed)."""
     envelope = records[0].get("envelope") or {}
     completion_tokens = sum(int(r.get("completion_tokens") or 0) for r in records)
+    reasoning_tokens = sum(int(r.get("reasoning_tokens") or 0) for r in records)
     prompt_tokens = int(records[0].get("prompt_tokens") or 0)
     return {
         "id": uuid.uuid4().hex,
@@ -173,9 +177,18 @@ def assemble_openai(records: Sequence[Mapping[str, Any]], obj: str, model: objec
             "total_tokens": prompt_tokens + completion_tokens,
             "completion_tokens": completion_tokens,
             "prompt_tokens_details": None,
+            "reasoning_tokens": reasoning_tokens,
+            "completion_tokens_details": (
+                {"reasoning_tokens": reasoning_tokens} if reasoning_tokens else None
+            ),
         },
         "metadata": envelope.get("metadata", {"weight_version": "default"}),
     }
+
+
+def chat_replayable(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether stored chat completions can be replayed as a stream (tool calls cannot, yet)."""
+    return not any((r["choice"].get("message") or {}).get("tool_calls") for r in records)
 
 
 def replay_chat_chunks(
@@ -207,8 +220,13 @@ def replay_chat_chunks(
     for i, record in enumerate(records):
         message = record["choice"].get("message") or {}
         events.append(chunk(i, {"reasoning_content": None, "role": "assistant", "content": ""}))
-        if message.get("content"):
-            events.append(chunk(i, {"reasoning_content": None, "content": message["content"]}))
+        if message.get("reasoning_content"):
+            events.append(chunk(i, {"reasoning_content": message["reasoning_content"]}))
+        logprobs = record["choice"].get("logprobs")
+        if message.get("content") or logprobs is not None:
+            content = chunk(i, {"reasoning_content": None, "content": message.get("content") or ""})
+            content["choices"][0]["logprobs"] = logprobs  # the whole message's, in one chunk
+            events.append(content)
         events.append(
             chunk(
                 i,
@@ -258,7 +276,6 @@ def replay_completion_chunks(
     if include_usage:
         usage = assemble_openai(records, "text_completion", model)["usage"]
         usage = {k: v for k, v in usage.items() if v is not None}
-        usage["reasoning_tokens"] = 0
         events.append(
             {
                 "id": ids[0],

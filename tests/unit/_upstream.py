@@ -94,16 +94,25 @@ class Upstream:
         )
 
     def _chat(self, body: dict[str, Any]) -> httpx.Response:
+        """Last message ``think``: reasoning first; ``tool``: a tool call; ``logprobs`` honoured."""
         n = body.get("n", 1)
+        last = body["messages"][-1].get("content")
+        logprobs = {"content": [{"token": "x", "logprob": -0.1}]} if body.get("logprobs") else None
         choices = []
         for i in range(n):
             self.generated += 1
+            message: dict[str, Any] = {"role": "assistant", "content": f"reply#{self.generated}"}
+            message["reasoning_content"] = "because" if last == "think" else None
+            message["tool_calls"] = None
+            if last == "tool":
+                call = {"name": "f", "arguments": "{}"}
+                message["tool_calls"] = [{"id": "c1", "type": "function", "function": call}]
             choices.append(
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": f"reply#{self.generated}"},
-                    "logprobs": None,
-                    "finish_reason": "stop",
+                    "message": message,
+                    "logprobs": logprobs,
+                    "finish_reason": "tool_calls" if last == "tool" else "stop",
                     "matched_stop": None,
                 }
             )
@@ -115,12 +124,18 @@ class Upstream:
         events = []
         for c in choices:
             base = {"id": rid, "object": "chat.completion.chunk", "created": 1, "model": "m"}
-            for delta, finish in (
-                ({"role": "assistant", "content": ""}, None),
-                ({"content": c["message"]["content"]}, None),
-                ({}, "stop"),
-            ):
+            deltas: list[tuple[dict[str, Any], Any, Any]] = [
+                ({"role": "assistant", "content": ""}, None, None)
+            ]
+            if c["message"]["reasoning_content"]:
+                deltas.append(
+                    ({"reasoning_content": c["message"]["reasoning_content"]}, None, None)
+                )
+            deltas.append(({"content": c["message"]["content"]}, None, logprobs))
+            deltas.append(({}, c["finish_reason"], None))
+            for delta, finish, lp in deltas:
                 choice = {"index": c["index"], "delta": delta, "finish_reason": finish}
+                choice["logprobs"] = lp
                 events.append({**base, "choices": [choice]})
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sglang_client import BadRequestError, GenerateResponse
+from sglang_client import BadRequestError, GenerateResponse, SGLangClient
 from sglang_client.cache import (
     CachedClient,
     CacheStatus,
@@ -327,6 +328,53 @@ async def test_completion_streams_cut_short_or_with_logprobs_are_not_stored(
     assert (await cached.stats()).total_responses == 0
 
 
+async def test_chat_stream_keeps_reasoning_and_logprobs_faithful(make_store: StoreFactory) -> None:
+    up = Upstream()
+    cached = CachedClient(client_for(up), make_store())
+    think = [{"role": "user", "content": "think"}]
+    streamed = [c async for c in cached.chat_completion_stream(think)]
+    reasoning = "".join(c.choices[0].delta.reasoning_content or "" for c in streamed if c.choices)
+    assert reasoning == "because"
+    whole = await cached.chat_completion(think)  # stored from the stream
+    assert up.generated == 1
+    assert whole.choices[0].message.reasoning_content == "because"
+    assert whole.choices[0].message.content == "reply#1"
+    replay = [c async for c in cached.chat_completion_stream(think)]
+    assert up.generated == 1
+    assert "".join(c.choices[0].delta.reasoning_content or "" for c in replay) == "because"
+    # Logprobs: a stored answer replays them; a stream that carries them is not stored.
+    asked = [{"role": "user", "content": "lp"}]
+    stored = await cached.chat_completion(asked, logprobs=True)
+    events = await cached.openai_stream_json(
+        "/v1/chat/completions",
+        {"messages": asked, "model": "default", "logprobs": True, "stream": True},
+    )
+    assert events.status is CacheStatus.HIT
+    found = [e["choices"][0]["logprobs"] async for e in events if e["choices"]]
+    assert stored.choices[0].logprobs is not None
+    assert {"content": [{"token": "x", "logprob": -0.1}]} in found
+    fresh = [{"role": "user", "content": "lp stream"}]
+    for _ in range(2):
+        [c async for c in cached.chat_completion_stream(fresh, logprobs=True)]
+    assert up.generated == 4
+
+
+async def test_chat_with_tool_calls_is_not_replayed_as_a_stream(make_store: StoreFactory) -> None:
+    up = Upstream()
+    cached = CachedClient(client_for(up), make_store())
+    tool = [{"role": "user", "content": "tool"}]
+    first = await cached.chat_completion(tool)
+    assert first.choices[0].message.tool_calls
+    stream = await cached.openai_stream_json(
+        "/v1/chat/completions", {"messages": tool, "model": "default", "stream": True}
+    )
+    assert stream.status is CacheStatus.BYPASS
+    [e async for e in stream]
+    assert up.generated == 2
+    assert (await cached.chat_completion(tool)).choices[0].message.tool_calls  # still a hit
+    assert up.generated == 2
+
+
 async def test_cache_false_bypasses(make_store: StoreFactory) -> None:
     up = Upstream()
     cached = CachedClient(client_for(up), make_store())
@@ -393,3 +441,40 @@ async def test_in_process_store_lock_is_not_taken() -> None:
     await texts(cached, "l", 2)
     await texts(cached, "l", 3)
     assert up.generated == 3
+
+
+def _shape(value: Any) -> Any:
+    """The keys (recursively) and value types of a JSON document, not its values."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value[:1]]
+    return type(value).__name__
+
+
+async def test_answers_recorded_from_streams_have_sglangs_own_shape() -> None:
+    from sglang_client.testing import FakeSGLangServer
+
+    with FakeSGLangServer() as fake:
+        async with SGLangClient(fake.url, max_retries=0) as client:
+            cached = CachedClient(client, MemoryStore())
+            for path, body in (
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "shape"}]}),
+                ("/v1/completions", {"prompt": "shape"}),
+            ):
+                # ignore_eos: every choice ends by length, so matched_stop is null in all of them
+                body = {**body, "model": "default", "max_tokens": 4, "n": 2, "ignore_eos": True}
+                stream = await cached.openai_stream_json(path, {**body, "stream": True})
+                assert stream.status is CacheStatus.MISS
+                assert [e async for e in stream]
+                hit = await cached.openai_json(path, body)
+                assert hit.status is CacheStatus.HIT
+                direct = await client.request_json("POST", path, body)
+                assert _shape(hit.body) == _shape(direct), path
+                # A replayed stream's chunks look like the upstream's own (usage chunk too).
+                usage = {**body, "stream": True, "stream_options": {"include_usage": True}}
+                replay = await cached.openai_stream_json(path, usage)
+                assert replay.status is CacheStatus.HIT
+                replayed = {json.dumps(_shape(e)) async for e in replay}
+                upstream = {json.dumps(_shape(e)) async for e in client.stream_json(path, usage)}
+                assert replayed <= upstream, path
