@@ -43,6 +43,7 @@ from sglang_client.cache._records import (
     replay_completion_chunks,
     replay_generate_chunk,
     split_generate,
+    with_cached_usage,
 )
 from sglang_client.cache.keys import cache_key, is_greedy, semantic_fields
 from sglang_client.cache.stats import CacheStatus
@@ -268,10 +269,11 @@ class CacheEngine(EngineCore):
     async def openai_stream_json(
         self, path: str, body: Mapping[str, Any], *, read: bool = True, write: bool = True
     ) -> CachedStream:
-        """Serve a raw streaming chat or completions body: a full hit is replayed.
+        """Serve a raw streaming chat or completions body through the cache.
 
-        A miss (nothing cached) is recorded as it streams and stored once it finished cleanly;
-        a partial hit streams through without using the cache (``BYPASS``).
+        A full hit is replayed; otherwise the cached choices (if any) are replayed first and
+        the upstream streams only the missing ones, which are recorded and stored once they
+        finished cleanly. Stored tool calls are not replayed as a stream (they pass through).
         """
         started = time.perf_counter()
         kind, _ = openai_kind(path)
@@ -283,16 +285,23 @@ class CacheEngine(EngineCore):
         key = cache_key(kind, model, request)
         need = 1 if is_greedy(body.get("temperature")) else int(n)
         have = (await self._read_all([key], [need]))[0] if read else []
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if len(have) >= need and (kind != "chat" or chat_replayable(have)):
-            replay = replay_chat_chunks if kind == "chat" else replay_completion_chunks
-            events = replay(repeat(have, int(n)), body.get("model"), include_usage)
+        if kind == "chat" and not chat_replayable(have):
+            return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
+        if len(have) >= need:
+            events = self._replay_openai(path, body, repeat(have, int(n)), True)
             self._record(CacheStatus.HIT, started, int(n), 0)
             return CachedStream(CacheStatus.HIT, iterate(events))
-        if have:
-            return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
-        recording = self._openai_record(path, body, key, request, include_usage, write, started)
-        return CachedStream(CacheStatus.MISS, recording)
+        status = CacheStatus.PARTIAL if have else CacheStatus.MISS
+        recording = self._openai_top_up(path, body, key, request, need, read, write, started)
+        return CachedStream(status, recording)
+
+    @staticmethod
+    def _replay_openai(
+        path: str, body: Mapping[str, Any], records: list[JSON], usage: bool
+    ) -> list[JSON]:
+        asked = bool((body.get("stream_options") or {}).get("include_usage"))
+        replay = replay_chat_chunks if openai_kind(path)[0] == "chat" else replay_completion_chunks
+        return replay(records, body.get("model"), usage and asked)
 
     async def _openai_passthrough(
         self, path: str, body: Mapping[str, Any], started: float
@@ -301,34 +310,55 @@ class CacheEngine(EngineCore):
             yield event
         self._record(CacheStatus.BYPASS, started, 0, 0)
 
-    async def _openai_record(
+    async def _openai_top_up(
         self,
         path: str,
         body: Mapping[str, Any],
         key: str,
         request: JSON,
-        include_usage: bool,
+        need: int,
+        read: bool,
         write: bool,
         started: float,
     ) -> AsyncIterator[JSON]:
         n = int(body.get("n", 1))
         async with AsyncExitStack() as stack:
             await self._lock(stack, [key])
+            have = (await self._read_all([key], [need]))[0] if read else []
+            if len(have) >= need:  # filled by a concurrent request while this one waited
+                for event in self._replay_openai(path, body, repeat(have, n), True):
+                    yield event
+                self._record(CacheStatus.HIT, started, n, 0)
+                return
+            m, k = len(have), need - len(have)
+            for event in self._replay_openai(path, body, have, False):
+                yield event
             # Ask for usage so the stored completions carry token counts; hide it if unasked.
-            upstream = {**body, "stream_options": {**(body.get("stream_options") or {})}}
+            upstream = {**body, "n": k, "stream_options": {**(body.get("stream_options") or {})}}
             upstream["stream_options"]["include_usage"] = True
+            if k == 1 and "n" not in body:
+                del upstream["n"]
+            asked = bool((body.get("stream_options") or {}).get("include_usage"))
             chat = openai_kind(path)[0] == "chat"
             recorder = ChatRecorder() if chat else CompletionRecorder()
             failed = False
             async for event in self.client.stream_json(path, upstream):
                 failed = failed or "error" in event
                 recorder.feed(event)
-                if event.get("choices") == [] and "usage" in event and not include_usage:
+                choices = event.get("choices")
+                if choices == [] and "usage" in event:
+                    if asked:
+                        yield with_cached_usage(event, have) if m else event
                     continue
+                if m and choices:
+                    event = {
+                        **event,
+                        "choices": [{**c, "index": m + c.get("index", 0)} for c in choices],
+                    }
                 yield event
-            response = recorder.response(n)
+            response = recorder.response(k)
             if write and not failed and response is not None:
                 fresh = openai_records(response)
                 if openai_finished(fresh):
                     await self._append(key, fresh, request)
-            self._record(CacheStatus.MISS, started, 0, n)
+            self._record(CacheStatus.PARTIAL if m else CacheStatus.MISS, started, m, k)

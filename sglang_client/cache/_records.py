@@ -27,6 +27,7 @@ __all__ = [
     "replay_completion_chunks",
     "replay_generate_chunk",
     "split_generate",
+    "with_cached_usage",
 ]
 
 JSON = dict[str, Any]
@@ -287,3 +288,15 @@ def replay_completion_chunks(
             }
         )
     return events
+
+
+def with_cached_usage(event: Mapping[str, Any], cached: Sequence[Mapping[str, Any]]) -> JSON:
+    """A stream's usage event with the stored completions' tokens added (a partial hit)."""
+    usage = dict(event.get("usage") or {})
+    extra = sum(int(r.get("completion_tokens") or 0) for r in cached)
+    thinking = sum(int(r.get("reasoning_tokens") or 0) for r in cached)
+    usage["completion_tokens"] = int(usage.get("completion_tokens") or 0) + extra
+    usage["total_tokens"] = int(usage.get("prompt_tokens") or 0) + usage["completion_tokens"]
+    if "reasoning_tokens" in usage:
+        usage["reasoning_tokens"] = int(usage["reasoning_tokens"] or 0) + thinking
+    return {**event, "usage": usage}

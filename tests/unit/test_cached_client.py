@@ -301,15 +301,33 @@ async def test_completion_stream_is_recorded_then_replayed(make_store: StoreFact
     assert replay[-1].usage.completion_tokens == 8
     stats = await cached.stats()
     assert (stats.misses, stats.hits) == (1, 2)
-    # More than is cached: the stream passes through (BYPASS) and stores nothing.
+    # More than is cached: the two stored choices are replayed, the upstream streams one more,
+    # and the usage covers all three.
     three = await cached.openai_stream_json(
         "/v1/completions",
-        {"prompt": "once", "model": "default", "n": 3, "temperature": 0.7, "stream": True},
+        {
+            "prompt": "once",
+            "model": "default",
+            "n": 3,
+            "temperature": 0.7,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
-    assert three.status is CacheStatus.BYPASS
-    assert len({e["choices"][0]["index"] async for e in three if e["choices"]}) == 3
-    assert up.generated == 5
-    assert (await cached.stats()).total_responses == 2
+    assert three.status is CacheStatus.PARTIAL
+    events = [e async for e in three]
+    assert up.generated == 3
+    by_index: dict[int, str] = {}
+    for event in events:
+        for choice in event["choices"]:
+            by_index[choice["index"]] = by_index.get(choice["index"], "") + choice["text"]
+    assert sorted(by_index) == [0, 1, 2]
+    assert [by_index[0], by_index[1]] == [streamed[0], streamed[1]]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 12
+    assert (await cached.stats()).total_responses == 3
+    again = await cached.completion("once", n=3, temperature=0.7)
+    assert [c.text for c in again.choices] == [by_index[i] for i in range(3)]
+    assert up.generated == 3
 
 
 async def test_completion_streams_cut_short_or_with_logprobs_are_not_stored(
@@ -373,6 +391,45 @@ async def test_chat_with_tool_calls_is_not_replayed_as_a_stream(make_store: Stor
     assert up.generated == 2
     assert (await cached.chat_completion(tool)).choices[0].message.tool_calls  # still a hit
     assert up.generated == 2
+
+
+async def test_chat_stream_partial_hit_and_coalescing(make_store: StoreFactory) -> None:
+    up = Upstream()
+    cached = CachedClient(client_for(up), make_store())
+    messages = [{"role": "user", "content": "partial"}]
+    one = await cached.chat_completion(messages, temperature=0.5)
+    stream = await cached.openai_stream_json(
+        "/v1/chat/completions",
+        {"messages": messages, "model": "default", "temperature": 0.5, "n": 3, "stream": True},
+    )
+    assert stream.status is CacheStatus.PARTIAL
+    content: dict[int, str] = {}
+    finished = set()
+    async for event in stream:
+        for choice in event["choices"]:
+            index = choice["index"]
+            content[index] = content.get(index, "") + (choice["delta"].get("content") or "")
+            if choice["finish_reason"]:
+                finished.add(index)
+    assert up.generated == 3
+    assert finished == {0, 1, 2}
+    assert content[0] == one.choices[0].message.content
+    whole = await cached.chat_completion(messages, temperature=0.5, n=3)
+    assert [c.message.content for c in whole.choices] == [content[i] for i in range(3)]
+    assert up.generated == 3
+    # Identical streams at once: one upstream generation, the other replays it.
+    fresh = [{"role": "user", "content": "together"}]
+    results: list[str] = []
+
+    async def consume() -> None:
+        chunks = [c async for c in cached.chat_completion_stream(fresh, temperature=0.5)]
+        results.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(consume)
+    assert up.generated == 4
+    assert len(set(results)) == 1 and results[0]
 
 
 async def test_cache_false_bypasses(make_store: StoreFactory) -> None:

@@ -536,6 +536,19 @@ async def test_completions_stream_miss_then_replayed_hit(proxy: Proxy) -> None:
     assert [c["text"] for c in whole.json()["choices"]] == [texts(missed)[0], texts(missed)[1]]
 
 
+async def test_chat_stream_partial_hit_says_partial(proxy: Proxy) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "p"}], "temperature": 0.5}
+    await proxy.post("/v1/chat/completions", body)
+    partial = await proxy.post("/v1/chat/completions", {**body, "n": 2, "stream": True})
+    assert partial.headers["x-cache"] == "PARTIAL"
+    indexes = {c["index"] for e in sse_events(partial) for c in e["choices"]}
+    assert indexes == {0, 1}
+    assert proxy.upstream.generated == 2
+    hit = await proxy.post("/v1/chat/completions", {**body, "n": 2, "stream": True})
+    assert hit.headers["x-cache"] == "HIT"
+    assert proxy.upstream.generated == 2
+
+
 # ---------------------------------------------------------------------- auth
 # ---------------------------------------------------------------------- auth
 
