@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sglang_client.cache._helpers import openai_cacheable, openai_kind, valid_n
 from sglang_client.cache._records import split_generate
 from sglang_client.cache._singleflight import KeyedLocks
-from sglang_client.cache.keys import cache_key, is_greedy
+from sglang_client.cache.keys import cache_key, is_greedy, semantic_fields
 from sglang_client.cache.stats import CacheStats, CacheStatus, Counters
 from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
 
@@ -127,6 +128,18 @@ class EngineCore:
             return None
         need = 1 if is_greedy(split.samplings[0].get("temperature")) else split.n
         return cache_key("generate", self._model, split.request(0)), need, split.n
+
+    def openai_key(self, path: str, body: Mapping[str, Any]) -> tuple[str, int, int] | None:
+        """``(key, completions needed, n)`` of a cacheable chat/completions body, else ``None``.
+
+        The same key ``openai_json`` uses; ``None`` too while the model identity is unknown.
+        """
+        kind, _ = openai_kind(path)
+        n = body.get("n", 1)
+        if self._model is None or not (openai_cacheable(kind, body) and valid_n(n)):
+            return None
+        need = 1 if is_greedy(body.get("temperature")) else int(n)
+        return cache_key(kind, self._model, semantic_fields(body)), need, int(n)
 
     def record_hit(self, seconds: float, served: int) -> None:
         """Count a hit served by a layer above the engine (it reads the same entries)."""

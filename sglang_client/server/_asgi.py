@@ -20,6 +20,7 @@ __all__ = [
     "dumps",
     "error_body",
     "read_body",
+    "replay",
     "send_bytes",
     "send_json",
     "sse_event",
@@ -160,3 +161,15 @@ async def send_json(
 ) -> None:
     """Send a JSON response."""
     await send_bytes(send, status, dumps(value), [JSON_TYPE, *(extra or [])])
+
+
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first returns ``messages``, the ones already read."""
+    if not messages:
+        return receive
+    pending = list(reversed(messages))
+
+    async def again() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return again

@@ -1,30 +1,36 @@
-"""The proxy's hit path for ``POST /generate``: finished responses, re-checked on every use.
+"""The proxy's hit path for repeated requests: finished responses, re-checked on every use.
 
 A cache hit through ``CachedClient`` decodes the JSON body, validates it, splits it per prompt,
 hashes a canonical key, decodes the stored completions and encodes the response again: about
 100 us of CPU, as much as the whole HTTP server spends on a request. Here the raw request bytes
-of a single-prompt ``/generate`` that was answered as a HIT map to the encoded response. Serving
-it again still asks the store for the entry (``limit=0``, so nothing is decoded where the store
-allows it) and uses the memo only if the entry is the very one it was built from (same
-``created_at``). Stores only ever append completions to an entry, so the first ``n`` are the
-same as long as the entry lives: an expired, evicted, cleared or deleted entry (on this proxy or,
-with Redis, any other) falls back to the full path. The memo is built from what the full path
-answered and is dropped if it would differ from it by a single byte.
+of a single-prompt ``/generate`` (or a chat/completions request) that was answered as a HIT map
+to the encoded response. Serving it again still asks the store for the entry (``limit=0``, so
+nothing is decoded where the store allows it) and uses the memo only if the entry is the very
+one it was built from (same ``created_at``). Stores only ever append completions to an entry, so
+the first ``n`` are the same as long as the entry lives: an expired, evicted, cleared or deleted
+entry (on this proxy or, with Redis, any other) falls back to the full path. The memo is built
+from what the full path answered and is dropped if it would differ from it by a single byte;
+OpenAI answers carry a fresh ``id`` and ``created`` on every hit, so theirs is a template with
+those two values spliced in.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from sglang_client.cache._helpers import openai_kind, repeat
+from sglang_client.cache._records import assemble_openai
 from sglang_client.cache.stores.base import StoreError
 from sglang_client.server._asgi import JSON_TYPE, dumps, with_length
 
 if TYPE_CHECKING:
     from sglang_client.cache import CachedClient
 
-__all__ = ["HitMemo", "MemoHit"]
+__all__ = ["HitMemo", "MemoHit", "memo_key"]
 
 _OVERHEAD = 200  # bytes per memo entry beyond its two byte strings (object headers, dict slot)
 
@@ -32,17 +38,41 @@ _OVERHEAD = 200  # bytes per memo entry beyond its two byte strings (object head
 _HIT_HEADERS = [JSON_TYPE, (b"x-cache", b"HIT")]
 
 
+# Stand-ins for an OpenAI answer's id and created time while it is encoded as a template.
+_ID_MARK = "memo-id-" + uuid.uuid4().hex
+_CREATED_MARK = -7_362_918_405_163
+
+
 class MemoHit:
-    """One memoised response: the cache key, which entry it came from, and what to send."""
+    """One memoised response: the cache key, which entry it came from, and what to send.
 
-    __slots__ = ("created_at", "headers", "key", "response", "served")
+    ``parts`` (OpenAI answers) is the encoded answer split around its id and created time.
+    """
 
-    def __init__(self, key: str, created_at: float, response: bytes, served: int) -> None:
+    __slots__ = ("created_at", "headers", "key", "parts", "response", "served")
+
+    def __init__(
+        self,
+        key: str,
+        created_at: float,
+        response: bytes,
+        served: int,
+        parts: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
         self.key = key
         self.created_at = created_at
         self.response = response
         self.headers = with_length(_HIT_HEADERS, response)
         self.served = served
+        self.parts = parts
+
+    def render(self) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The body and headers to send for this use."""
+        if self.parts is None:
+            return self.response, self.headers
+        head, middle, tail = self.parts
+        body = b"".join((head, uuid.uuid4().hex.encode(), middle, b"%d" % time.time(), tail))
+        return body, with_length(_HIT_HEADERS, body)
 
 
 class HitMemo:
@@ -117,6 +147,42 @@ class HitMemo:
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._items)))
 
+    async def remember_openai(
+        self, memo_key: bytes, path: str, body: Mapping[str, Any], answer: Mapping[str, Any]
+    ) -> None:
+        """Memoise ``answer``, the chat/completions HIT the full path just sent."""
+        if len(memo_key) > self.max_body + 64 or memo_key in self._items:
+            return
+        found = self.cached.openai_key(path, body)
+        if found is None:
+            return
+        key, need, n = found
+        try:
+            entry = await self.cached.store.get(key, limit=need)
+        except StoreError:
+            return
+        if entry is None or len(entry.completions) < need:
+            return
+        rebuilt = assemble_openai(
+            repeat(entry.completions, n), openai_kind(path)[1], body.get("model")
+        )
+        marks = {"id": _ID_MARK, "created": _CREATED_MARK}
+        template = dumps({**answer, **marks})
+        if dumps({**rebuilt, **marks}) != template:
+            return  # not what the full path answers: never serve it
+        head, found_id, rest = template.partition(_ID_MARK.encode())
+        middle, found_created, tail = rest.partition(b"%d" % _CREATED_MARK)
+        if not found_id or not found_created:
+            return
+        size = 2 * len(memo_key) + len(template) + _OVERHEAD
+        if size > self.max_bytes:
+            return
+        hit = MemoHit(key, entry.created_at, template, n, (head, middle, tail))
+        self._items[memo_key] = hit
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))
+
     def clear(self) -> None:
         """Forget every memoised response."""
         self._items.clear()
@@ -126,3 +192,8 @@ class HitMemo:
         hit = self._items.pop(raw, None)
         if hit is not None:
             self._bytes -= 2 * len(raw) + len(hit.response) + _OVERHEAD
+
+
+def memo_key(path: str, raw: bytes) -> bytes:
+    """The memo's key: the body itself for ``/generate``, the route and body for the others."""
+    return raw if path == "/generate" else path.encode() + b" " + raw

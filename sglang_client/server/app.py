@@ -41,11 +41,12 @@ from sglang_client.server._asgi import (
     dumps,
     error_body,
     read_body,
+    replay,
     send_bytes,
     send_json,
     sse_event,
 )
-from sglang_client.server._hits import HitMemo
+from sglang_client.server._hits import HitMemo, memo_key
 from sglang_client.server._metrics import Metrics
 from sglang_client.server._passthrough import Passthrough
 from sglang_client.server._validate import parse_json, validate_generate, validate_openai
@@ -66,6 +67,7 @@ CACHED_ROUTES = {
 _GENERATE_TYPES = frozenset({"application/json", "", "application/x-www-form-urlencoded"})
 _OPENAI_TYPES = frozenset({"application/json"})
 _MEMO_TYPES = frozenset({b"application/json", None})
+_MEMO_OPENAI_TYPES = frozenset({b"application/json"})
 _OPEN_PATHS = ("/health", "/ready", "/metrics")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -144,13 +146,13 @@ class ProxyApp:
         started = time.perf_counter()
         path: str = scope["path"]
         try:
-            if path == "/generate" and scope["method"] == "POST" and self.memo.enabled:
+            if path in CACHED_ROUTES and scope["method"] == "POST" and self.memo.enabled:
                 # A busy cache's commonest request, a repeat, answered before any parsing: the
                 # HTTP server's own work is most of a hit's cost, so every step here counts.
-                read = await self._memo_hit(scope, receive, send, started)
+                read = await self._memo_hit(scope, path, receive, send, started)
                 if read is None:
                     return  # served and counted
-                receive = _replay(read, receive)
+                receive = replay(read, receive)
             status, cache = await self._dispatch(scope, receive, send, path)
         except Exception as exc:
             # A bug of ours, never a client's mistake: say so, and keep serving.
@@ -164,20 +166,19 @@ class ProxyApp:
         self.metrics.observe(route, cache, status, time.perf_counter() - started)
 
     async def _memo_hit(
-        self, scope: Scope, receive: Receive, send: Send, started: float
+        self, scope: Scope, path: str, receive: Receive, send: Send, started: float
     ) -> list[Message] | None:
-        """Send the memoised response of a repeated ``/generate`` body.
+        """Send the memoised response of a repeated request to a cached route.
 
         Returns ``None`` when it did, else the request messages it read (for the full path).
         Anything unusual (a content type or ``Cache-Control`` the full path must look at, a
         failed auth check, a body over the limit, a disconnect) goes the full path.
         """
         headers = dict(scope["headers"])
-        if headers.get(b"content-type") not in _MEMO_TYPES or b"cache-control" in headers:
+        allowed = _MEMO_TYPES if path == "/generate" else _MEMO_OPENAI_TYPES
+        if headers.get(b"content-type") not in allowed or b"cache-control" in headers:
             return []
-        if self.config.api_key is not None and self._denied(
-            RequestHeaders(scope), "/generate", "POST"
-        ):
+        if self.config.api_key is not None and self._denied(RequestHeaders(scope), path, "POST"):
             return []
         message = await receive()
         if message["type"] == "http.request" and not message.get("more_body", False):
@@ -187,15 +188,16 @@ class ProxyApp:
             messages, raw = await self._read_small(message, receive)
             if not raw:
                 return messages
-        hit = await self.memo.lookup(raw)
+        hit = await self.memo.lookup(memo_key(path, raw))
         if hit is None:
             return messages
-        await send({"type": "http.response.start", "status": 200, "headers": hit.headers})
-        await send({"type": "http.response.body", "body": hit.response})
+        response, response_headers = hit.render()
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+        await send({"type": "http.response.body", "body": response})
         elapsed = time.perf_counter() - started
         self.cached.record_hit(elapsed, hit.served)
-        self.metrics.observe("/generate", "HIT", 200, elapsed)
-        self._log(CacheStatus.HIT, "/generate", started)
+        self.metrics.observe(path, "HIT", 200, elapsed)
+        self._log(CacheStatus.HIT, path, started)
         return None
 
     async def _read_small(self, message: Message, receive: Receive) -> tuple[list[Message], bytes]:
@@ -288,10 +290,11 @@ class ProxyApp:
         write = "no-store" not in directives
         read = write and "no-cache" not in directives
         memo = self.memo
-        if read and kind == "generate" and memo.enabled:
-            hit = await memo.lookup(raw)
+        if read and memo.enabled:
+            hit = await memo.lookup(memo_key(path, raw))
             if hit is not None:
-                await send_bytes(send, 200, hit.response, hit.headers, complete=True)
+                response, response_headers = hit.render()
+                await send_bytes(send, 200, response, response_headers, complete=True)
                 self.cached.record_hit(time.perf_counter() - started, hit.served)
                 self._log(CacheStatus.HIT, path, started)
                 return 200, "HIT"
@@ -319,8 +322,11 @@ class ProxyApp:
         response = dumps(result.body)
         await send_bytes(send, 200, response, [JSON_TYPE, _X_CACHE[status]])
         self._log(status, path, started)
-        if status is CacheStatus.HIT and kind == "generate" and read and memo.enabled:
-            await memo.remember(raw, body, response)
+        if status is CacheStatus.HIT and read and memo.enabled:
+            if kind == "generate":
+                await memo.remember(raw, body, response)
+            else:
+                await memo.remember_openai(memo_key(path, raw), path, body, result.body)
         return 200, status.value
 
     async def _open_stream(
@@ -451,18 +457,6 @@ class ProxyApp:
         finally:
             await self.passthrough.aclose()
             await self.cached.client.aclose()
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` that first returns ``messages``, the ones already read."""
-    if not messages:
-        return receive
-    pending = list(reversed(messages))
-
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replay
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

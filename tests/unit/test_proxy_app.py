@@ -229,6 +229,40 @@ async def test_memoised_body_in_several_messages_and_early_disconnect(proxy: Pro
     assert proxy.upstream.generated == 1
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_memoised_openai_hits_get_a_fresh_id_each_time(proxy: Proxy, path: str) -> None:
+    if path == "/v1/completions":
+        body: dict[str, Any] = {"model": "m", "prompt": "memo", "n": 2, "temperature": 0.5}
+    else:
+        body = {"model": "m", "messages": [{"role": "user", "content": "memo"}], "n": 2}
+    miss = await proxy.post(path, body)
+    assert miss.headers["x-cache"] == "MISS"
+    hits = [await proxy.post(path, body) for _ in range(3)]  # the 2nd onwards: from the memo
+    assert len(proxy.app.memo) == 1
+    assert proxy.upstream.generated == 2
+    answers = [h.json() for h in hits]
+    assert len({a["id"] for a in answers}) == 3
+    assert all(len(a["id"]) == 32 and isinstance(a["created"], int) for a in answers)
+    same = [{k: v for k, v in a.items() if k not in ("id", "created")} for a in answers]
+    assert same[0] == same[1] == same[2]
+    assert [c["index"] for c in answers[2]["choices"]] == [0, 1]
+    assert all(int(h.headers["content-length"]) == len(h.content) for h in hits)
+    # The same bytes to the other OpenAI route are another request: never served from here.
+    other = "/v1/completions" if path != "/v1/completions" else "/v1/chat/completions"
+    raw = json.dumps(body).encode()
+    crossed = await proxy.http.post(
+        other, content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert crossed.headers.get("x-cache") != "HIT"
+    # The memo follows the store, and the OpenAI routes insist on a JSON content type.
+    await proxy.store.clear()
+    assert (await proxy.post(path, body)).headers["x-cache"] == "MISS"
+    await proxy.post(path, body)
+    await proxy.post(path, body)
+    bare = await proxy.http.post(path, content=json.dumps(body, separators=(",", ":")).encode())
+    assert bare.status_code == 400
+
+
 async def test_memo_disabled(make_proxy: Make) -> None:
     proxy = make_proxy(hit_memo_bytes=0)
     await proxy.generate()
