@@ -97,7 +97,8 @@ class ProxyConfig:
         quiet: no per-request log line.
         upstream_timeout: seconds to wait for the upstream's response headers on passed-through
             routes (cached routes use the ``SGLangClient``'s timeout).
-        hit_memo_bytes: memory for pre-encoded ``/generate`` hits (0 disables; see ``_hits``).
+        hit_memo_bytes: memory for pre-encoded hits of repeated requests (0 disables; see
+            ``_hits``).
     """
 
     upstream_url: str

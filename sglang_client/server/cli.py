@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "--hit-memo-mb",
         type=float,
         default=32.0,
-        help="memory for pre-encoded /generate hits, in MiB (0 disables; default 32)",
+        help="memory for pre-encoded hits of repeated requests, in MiB (0 disables; default 32)",
     )
     start.add_argument("--quiet", action="store_true", help="no per-request log lines")
 
