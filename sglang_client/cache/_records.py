@@ -195,14 +195,17 @@ def chat_replayable(records: Sequence[Mapping[str, Any]]) -> bool:
 def replay_chat_chunks(
     records: Sequence[Mapping[str, Any]], model: object, include_usage: bool
 ) -> list[JSON]:
-    """Chat stream events replaying stored completions in SGLang's chat framing (§7.4)."""
-    rid = uuid.uuid4().hex
+    """Chat stream events replaying stored completions in SGLang's chat framing (§7.4).
+
+    As in SGLang, each choice's chunks carry that sample's own id (§7.2).
+    """
+    ids = [uuid.uuid4().hex for _ in records] or [uuid.uuid4().hex]
     created = int(time.time())
     name = model if isinstance(model, str) else "default"
 
     def chunk(index: int, delta: JSON, finish: object = None, matched: object = None) -> JSON:
         return {
-            "id": rid,
+            "id": ids[index],
             "object": "chat.completion.chunk",
             "created": created,
             "model": name,

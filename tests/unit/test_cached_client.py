@@ -267,6 +267,9 @@ async def test_chat_n_aware_and_stream_replay(make_store: StoreFactory) -> None:
         for choice in chunk.choices:
             by_index[choice.index] = by_index.get(choice.index, "") + (choice.delta.content or "")
     assert [by_index[i] for i in range(3)] == [c.message.content for c in three.choices]
+    ids = {c.choices[0].index: c.id for c in chunks if c.choices}
+    assert len(set(ids.values())) == 3  # one id per sample, as SGLang streams them
+    assert all(c.id == ids[c.choices[0].index] for c in chunks if c.choices)
 
 
 async def test_completion_stream_is_recorded_then_replayed(make_store: StoreFactory) -> None:
