@@ -22,8 +22,7 @@ from sglang_client.cache._core import EngineCore
 from sglang_client.cache._helpers import (
     CachedResult,
     CachedStream,
-    ChatRecorder,
-    CompletionRecorder,
+    OpenAIRecorder,
     StreamRecorder,
     all_finished,
     iterate,
@@ -339,8 +338,7 @@ class CacheEngine(EngineCore):
             if k == 1 and "n" not in body:
                 del upstream["n"]
             asked = bool((body.get("stream_options") or {}).get("include_usage"))
-            chat = openai_kind(path)[0] == "chat"
-            recorder = ChatRecorder() if chat else CompletionRecorder()
+            recorder = OpenAIRecorder(chat=openai_kind(path)[0] == "chat")
             failed = False
             async for event in self.client.stream_json(path, upstream):
                 failed = failed or "error" in event

@@ -13,8 +13,7 @@ from sglang_client.streaming import DeltaTracker
 __all__ = [
     "CachedResult",
     "CachedStream",
-    "ChatRecorder",
-    "CompletionRecorder",
+    "OpenAIRecorder",
     "StreamRecorder",
     "all_finished",
     "iterate",
@@ -137,14 +136,15 @@ class StreamRecorder:
         return outputs if all_finished(outputs) else None
 
 
-class ChatRecorder:
-    """Rebuild a chat response from its stream's deltas.
+class OpenAIRecorder:
+    """Rebuild a chat or ``/v1/completions`` response from its stream's chunks.
 
-    Streamed tool calls and logprobs arrive in pieces; such a stream passes through unstored.
+    Tool calls and logprobs arrive in pieces; a stream carrying them passes through unstored.
     """
 
-    def __init__(self) -> None:
-        self._content: dict[int, list[str]] = {}
+    def __init__(self, chat: bool) -> None:
+        self._chat = chat
+        self._text: dict[int, list[str]] = {}  # chat: delta.content; completions: text
         self._reasoning: dict[int, list[str]] = {}
         self._finish: dict[int, tuple[object, object]] = {}
         self._usage: JSON | None = None
@@ -158,65 +158,14 @@ class ChatRecorder:
             self._usage = dict(event["usage"])
         for choice in event.get("choices") or []:
             index = int(choice.get("index") or 0)
-            delta = choice.get("delta") or {}
-            if delta.get("tool_calls") or choice.get("logprobs") is not None:
+            part = (choice.get("delta") or {}) if self._chat else choice
+            if part.get("tool_calls") or choice.get("logprobs") is not None:
                 self._unstorable = True
-            if delta.get("content"):
-                self._content.setdefault(index, []).append(delta["content"])
-            if delta.get("reasoning_content"):
-                self._reasoning.setdefault(index, []).append(delta["reasoning_content"])
-            if choice.get("finish_reason") is not None:
-                self._finish[index] = (choice["finish_reason"], choice.get("matched_stop"))
-
-    def response(self, n: int) -> JSON | None:
-        if self._unstorable or sorted(self._finish) != list(range(n)) or self._usage is None:
-            return None
-        choices = []
-        for i in range(n):
-            finish, matched = self._finish[i]
-            reasoning = "".join(self._reasoning[i]) if i in self._reasoning else None
-            message = {
-                "role": "assistant",
-                "content": "".join(self._content.get(i, [])),
-                "reasoning_content": reasoning,
-                "tool_calls": None,
-            }
-            choices.append(
-                {
-                    "index": i,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": finish,
-                    "matched_stop": matched,
-                }
-            )
-        return {**self._envelope, "choices": choices, "usage": self._usage}
-
-
-class CompletionRecorder:
-    """Rebuild a ``/v1/completions`` response from its stream's text chunks.
-
-    Streamed logprobs arrive in per-chunk pieces; such a stream passes through unstored.
-    """
-
-    def __init__(self) -> None:
-        self._text: dict[int, list[str]] = {}
-        self._finish: dict[int, tuple[object, object]] = {}
-        self._usage: JSON | None = None
-        self._envelope: JSON = {}
-        self._unstorable = False
-
-    def feed(self, event: Mapping[str, Any]) -> None:
-        if not self._envelope and "id" in event:
-            self._envelope = {k: event[k] for k in ("id", "created", "model") if k in event}
-        if event.get("usage"):
-            self._usage = dict(event["usage"])
-        for choice in event.get("choices") or []:
-            index = int(choice.get("index") or 0)
-            if choice.get("logprobs") is not None:
-                self._unstorable = True
-            if choice.get("text"):
-                self._text.setdefault(index, []).append(choice["text"])
+            text = part.get("content") if self._chat else part.get("text")
+            if text:
+                self._text.setdefault(index, []).append(text)
+            if part.get("reasoning_content"):
+                self._reasoning.setdefault(index, []).append(part["reasoning_content"])
             if choice.get("finish_reason") is not None:
                 self._finish[index] = (choice["finish_reason"], choice.get("matched_stop"))
 
@@ -227,10 +176,16 @@ class CompletionRecorder:
         for i in range(n):
             finish, matched = self._finish[i]
             text = "".join(self._text.get(i, []))
+            if self._chat:
+                reasoning = "".join(self._reasoning[i]) if i in self._reasoning else None
+                message = {"role": "assistant", "content": text, "reasoning_content": reasoning}
+                body: JSON = {"message": {**message, "tool_calls": None}}
+            else:
+                body = {"text": text}
             choices.append(
                 {
                     "index": i,
-                    "text": text,
+                    **body,
                     "logprobs": None,
                     "finish_reason": finish,
                     "matched_stop": matched,
