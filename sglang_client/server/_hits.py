@@ -121,39 +121,20 @@ class HitMemo:
         self._items.move_to_end(raw)
         return hit
 
-    async def remember(self, raw: bytes, body: Mapping[str, Any], response: bytes) -> None:
-        """Memoise ``response``, the HIT the full path just sent for ``raw`` (parsed: ``body``)."""
-        if len(raw) > self.max_body or raw in self._items:
-            return
-        found = self.cached.generate_key(body)  # None until the model identity is known
-        if found is None:
-            return
-        key, need, n = found
-        try:
-            entry = await self.cached.store.get(key, limit=need)
-        except StoreError:
-            return
-        if entry is None or len(entry.completions) < need:
-            return
-        have = entry.completions
-        samples = have[:n] if len(have) >= n else (have * n)[:n]
-        if dumps(samples[0] if n == 1 else samples) != response:
-            return  # not what the full path answers: never serve it
-        size = 2 * len(raw) + len(response) + _OVERHEAD
-        if size > self.max_bytes:
-            return
-        self._items[raw] = MemoHit(key, entry.created_at, response, n)
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            self._drop(next(iter(self._items)))
-
-    async def remember_openai(
-        self, memo_key: bytes, path: str, body: Mapping[str, Any], answer: Mapping[str, Any]
+    async def remember(
+        self, path: str, raw: bytes, body: Mapping[str, Any], answer: Any, response: bytes
     ) -> None:
-        """Memoise ``answer``, the chat/completions HIT the full path just sent."""
-        if len(memo_key) > self.max_body + 64 or memo_key in self._items:
+        """Memoise a HIT the full path just sent: ``answer``, encoded as ``response``.
+
+        ``raw`` is the request body (parsed: ``body``). Nothing is kept unless the store's
+        entry re-assembles to the very same answer.
+        """
+        key_ = memo_key(path, raw)
+        if len(raw) > self.max_body or key_ in self._items:
             return
-        found = self.cached.openai_key(path, body)
+        generate = path == "/generate"
+        # None until the model identity is known, or for a request the cache does not take.
+        found = self.cached.generate_key(body) if generate else self.cached.openai_key(path, body)
         if found is None:
             return
         key, need, n = found
@@ -163,22 +144,21 @@ class HitMemo:
             return
         if entry is None or len(entry.completions) < need:
             return
-        rebuilt = assemble_openai(
-            repeat(entry.completions, n), openai_kind(path)[1], body.get("model")
-        )
-        marks = {"id": _ID_MARK, "created": _CREATED_MARK}
-        template = dumps({**answer, **marks})
-        if dumps({**rebuilt, **marks}) != template:
-            return  # not what the full path answers: never serve it
-        head, found_id, rest = template.partition(_ID_MARK.encode())
-        middle, found_created, tail = rest.partition(b"%d" % _CREATED_MARK)
-        if not found_id or not found_created:
-            return
-        size = 2 * len(memo_key) + len(template) + _OVERHEAD
+        samples = repeat(entry.completions, n)
+        if generate:
+            if dumps(samples[0] if n == 1 else samples) != response:
+                return  # not what the full path answers: never serve it
+            hit = MemoHit(key, entry.created_at, response, n)
+        else:
+            rebuilt = assemble_openai(samples, openai_kind(path)[1], body.get("model"))
+            template = _template(answer, rebuilt)
+            if template is None:
+                return
+            hit = MemoHit(key, entry.created_at, b"".join(template), n, template)
+        size = 2 * len(key_) + len(hit.response) + _OVERHEAD
         if size > self.max_bytes:
             return
-        hit = MemoHit(key, entry.created_at, template, n, (head, middle, tail))
-        self._items[memo_key] = hit
+        self._items[key_] = hit
         self._bytes += size
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._items)))
@@ -197,3 +177,14 @@ class HitMemo:
 def memo_key(path: str, raw: bytes) -> bytes:
     """The memo's key: the body itself for ``/generate``, the route and body for the others."""
     return raw if path == "/generate" else path.encode() + b" " + raw
+
+
+def _template(answer: Any, rebuilt: Mapping[str, Any]) -> tuple[bytes, bytes, bytes] | None:
+    """An OpenAI answer encoded without its id and created time, if ``rebuilt`` matches it."""
+    marks = {"id": _ID_MARK, "created": _CREATED_MARK}
+    encoded = dumps({**answer, **marks})
+    if dumps({**rebuilt, **marks}) != encoded:
+        return None  # not what the full path answers: never serve it
+    head, found_id, rest = encoded.partition(_ID_MARK.encode())
+    middle, found_created, tail = rest.partition(b"%d" % _CREATED_MARK)
+    return (head, middle, tail) if found_id and found_created else None

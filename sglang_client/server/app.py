@@ -324,10 +324,7 @@ class ProxyApp:
         await send_bytes(send, 200, response, [JSON_TYPE, _X_CACHE[status]])
         self._log(status, path, started)
         if status is CacheStatus.HIT and read and memo.enabled:
-            if kind == "generate":
-                await memo.remember(raw, body, response)
-            else:
-                await memo.remember_openai(memo_key(path, raw), path, body, result.body)
+            await memo.remember(path, raw, body, result.body, response)
         return 200, status.value
 
     async def _open_stream(

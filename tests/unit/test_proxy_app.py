@@ -147,7 +147,14 @@ async def test_memo_follows_the_store(proxy: Proxy) -> None:
 async def test_memo_never_stores_what_the_full_path_would_not_send(proxy: Proxy) -> None:
     await proxy.generate()
     raw = json.dumps(BODY).encode()
-    await proxy.app.memo.remember(raw, BODY, b'{"text":"something else"}')
+    other = {"text": "something else"}
+    await proxy.app.memo.remember("/generate", raw, BODY, other, b'{"text":"something else"}')
+    assert len(proxy.app.memo) == 0
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    answer = (await proxy.post("/v1/chat/completions", chat)).json()
+    answer["choices"][0]["message"]["content"] = "something else"
+    raw = json.dumps(chat).encode()
+    await proxy.app.memo.remember("/v1/chat/completions", raw, chat, answer, b"")
     assert len(proxy.app.memo) == 0
 
 
