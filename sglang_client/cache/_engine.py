@@ -31,6 +31,7 @@ from sglang_client.cache._helpers import (
     openai_kind,
     repeat,
     valid_n,
+    with_n,
     without_stream,
 )
 from sglang_client.cache._records import (
@@ -243,9 +244,7 @@ class CacheEngine(EngineCore):
                     have = (await self._read_all([key], [need]))[0]
                 k = need - len(have)
                 if k > 0:
-                    upstream = {**without_stream(body), "n": k}
-                    if k == 1:
-                        upstream.pop("n")
+                    upstream = with_n(without_stream(body), k)
                     response = await self.client.request_json("POST", path, upstream)
                     fresh = openai_records(response)
                     if not have and k == int(n):  # a plain miss: return SGLang's own body
@@ -324,6 +323,11 @@ class CacheEngine(EngineCore):
         async with AsyncExitStack() as stack:
             await self._lock(stack, [key])
             have = (await self._read_all([key], [need]))[0] if read else []
+            if openai_kind(path)[0] == "chat" and not chat_replayable(have):
+                # Another request stored an answer with tool calls while this one waited.
+                async for event in self._openai_passthrough(path, body, started):
+                    yield event
+                return
             if len(have) >= need:  # filled by a concurrent request while this one waited
                 for event in self._replay_openai(path, body, repeat(have, n), True):
                     yield event
@@ -333,10 +337,9 @@ class CacheEngine(EngineCore):
             for event in self._replay_openai(path, body, have, False):
                 yield event
             # Ask for usage so the stored completions carry token counts; hide it if unasked.
-            upstream = {**body, "n": k, "stream_options": {**(body.get("stream_options") or {})}}
+            upstream = with_n(body, k)
+            upstream["stream_options"] = {**(body.get("stream_options") or {})}
             upstream["stream_options"]["include_usage"] = True
-            if k == 1 and "n" not in body:
-                del upstream["n"]
             asked = bool((body.get("stream_options") or {}).get("include_usage"))
             recorder = OpenAIRecorder(chat=openai_kind(path)[0] == "chat")
             failed = False

@@ -22,6 +22,7 @@ __all__ = [
     "openai_kind",
     "repeat",
     "valid_n",
+    "with_n",
     "without_stream",
 ]
 
@@ -57,6 +58,14 @@ class CachedStream:
 
 def without_stream(body: Mapping[str, Any]) -> JSON:
     return {k: v for k, v in body.items() if k != "stream"}
+
+
+def with_n(body: Mapping[str, Any], k: int) -> JSON:
+    """``body`` asking the upstream for ``k`` choices (no ``n`` at all for one)."""
+    out = {key: value for key, value in body.items() if key != "n"}
+    if k != 1:
+        out["n"] = k
+    return out
 
 
 def valid_n(n: object) -> bool:

@@ -394,6 +394,17 @@ async def test_chat_with_tool_calls_is_not_replayed_as_a_stream(make_store: Stor
     assert up.generated == 2
     assert (await cached.chat_completion(tool)).choices[0].message.tool_calls  # still a hit
     assert up.generated == 2
+    # Stored while a stream waited for the key: the stream still passes through.
+    other = [{"role": "user", "content": "tool"}, {"role": "user", "content": "tool"}]
+    late = await cached.openai_stream_json(
+        "/v1/chat/completions", {"messages": other, "model": "default", "stream": True}
+    )
+    assert late.status is CacheStatus.MISS
+    await cached.chat_completion(other)
+    assert up.generated == 3
+    events = [e async for e in late]
+    assert up.generated == 4
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
 async def test_chat_stream_partial_hit_and_coalescing(make_store: StoreFactory) -> None:
