@@ -101,9 +101,8 @@ _GENERATE_FIELDS: dict[str, _Spec] = {
     "session_params": (_one_or_list(_object), "an object or a list of objects"),
     "priority": (_int, "an integer"),
 }
-_SAMPLING_FIELDS: dict[str, _Spec] = {
-    "max_new_tokens": (_int, "an integer"),
-    "min_new_tokens": (_int, "an integer"),
+# Sampling knobs that both the native sampling_params and the OpenAI bodies take.
+_SHARED_SAMPLING: dict[str, _Spec] = {
     "temperature": (_number, "a number"),
     "top_p": (_number, "a number"),
     "top_k": (_int, "an integer"),
@@ -114,6 +113,12 @@ _SAMPLING_FIELDS: dict[str, _Spec] = {
     "stop": (_STRINGS, "a string or a list of strings"),
     "stop_token_ids": (_list_of(_int), "a list of integers"),
     "ignore_eos": (_bool, "a boolean"),
+    "logit_bias": (_object, "an object"),
+}
+_SAMPLING_FIELDS: dict[str, _Spec] = {
+    **_SHARED_SAMPLING,
+    "max_new_tokens": (_int, "an integer"),
+    "min_new_tokens": (_int, "an integer"),
     "skip_special_tokens": (_bool, "a boolean"),
     "spaces_between_special_tokens": (_bool, "a boolean"),
     "no_stop_trim": (_bool, "a boolean"),
@@ -123,25 +128,14 @@ _SAMPLING_FIELDS: dict[str, _Spec] = {
     "structural_tag": (_str, "a string"),
     "sampling_seed": (_int, "an integer"),
     "stream_interval": (_int, "an integer"),
-    "logit_bias": (_object, "an object"),
 }
 _OPENAI_FIELDS: dict[str, _Spec] = {
     "model": (_str, "a string"),
     "stream": (_bool, "a boolean"),
     "stream_options": (_object, "an object"),
+    **_SHARED_SAMPLING,
     "max_tokens": (_int, "an integer"),
-    "temperature": (_number, "a number"),
-    "top_p": (_number, "a number"),
-    "top_k": (_int, "an integer"),
-    "min_p": (_number, "a number"),
-    "frequency_penalty": (_number, "a number"),
-    "presence_penalty": (_number, "a number"),
-    "repetition_penalty": (_number, "a number"),
     "seed": (_int, "an integer"),
-    "stop": (_STRINGS, "a string or a list of strings"),
-    "stop_token_ids": (_list_of(_int), "a list of integers"),
-    "ignore_eos": (_bool, "a boolean"),
-    "logit_bias": (_object, "an object"),
     "user": (_str, "a string"),
 }
 _CHAT_FIELDS: dict[str, _Spec] = {
