@@ -8,6 +8,7 @@ finish reason on the last text chunk of completion streams.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sglang_client.testing._asgi import (
@@ -269,37 +270,56 @@ class OpenAIRoutes:
             if stream:
                 await self._chat_stream(receive, send, run, data, model, created, fault)
             else:
-                await self.native.complete(receive, run)
-                choices = []
-                for sub in run.subs:
-                    reason, matched = _finish(sub)
-                    message = {
-                        "role": "assistant",
-                        "content": sub.gen.text,
-                        "reasoning_content": None,
-                        "tool_calls": None,
-                    }
-                    choices.append(
-                        {
-                            "index": sub.index,
-                            "message": message,
-                            "logprobs": None,
-                            "finish_reason": reason,
-                            "matched_stop": matched,
-                        }
-                    )
-                response = {
-                    "id": run.subs[0].rid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": choices,
-                    "usage": self.usage(run, params.n),
-                    "metadata": {"weight_version": self.config.weight_version},
-                }
-                await self.native.send_final(send, response, fault)
+                await self._send_whole(
+                    receive,
+                    send,
+                    run,
+                    "chat.completion",
+                    model,
+                    created,
+                    params.n,
+                    _chat_message,
+                    fault,
+                )
         finally:
             self.engine.finish(run)
+
+    async def _send_whole(
+        self,
+        receive: Receive,
+        send: Send,
+        run: Run,
+        obj: str,
+        model: str,
+        created: int,
+        n: int,
+        content: Callable[[Sub], dict[str, Any]],
+        fault: str | None,
+    ) -> None:
+        """Finish ``run`` and send it as one chat or completions response."""
+        await self.native.complete(receive, run)
+        choices = []
+        for sub in run.subs:
+            reason, matched = _finish(sub)
+            choices.append(
+                {
+                    "index": sub.index,
+                    **content(sub),
+                    "logprobs": None,
+                    "finish_reason": reason,
+                    "matched_stop": matched,
+                }
+            )
+        response = {
+            "id": run.subs[0].rid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": self.usage(run, n),
+            "metadata": {"weight_version": self.config.weight_version},
+        }
+        await self.native.send_final(send, response, fault)
 
     async def _chat_stream(
         self,
@@ -393,29 +413,17 @@ class OpenAIRoutes:
             if stream:
                 await self._completion_stream(receive, send, run, data, model, created, fault)
             else:
-                await self.native.complete(receive, run)
-                choices = []
-                for sub in run.subs:
-                    reason, matched = _finish(sub)
-                    choices.append(
-                        {
-                            "index": sub.index,
-                            "text": sub.gen.text,
-                            "logprobs": None,
-                            "finish_reason": reason,
-                            "matched_stop": matched,
-                        }
-                    )
-                response = {
-                    "id": run.subs[0].rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": choices,
-                    "usage": self.usage(run, params.n),
-                    "metadata": {"weight_version": self.config.weight_version},
-                }
-                await self.native.send_final(send, response, fault)
+                await self._send_whole(
+                    receive,
+                    send,
+                    run,
+                    "text_completion",
+                    model,
+                    created,
+                    params.n,
+                    _completion_text,
+                    fault,
+                )
         finally:
             self.engine.finish(run)
 
@@ -465,3 +473,12 @@ class OpenAIRoutes:
             }
             tail = sse_event(usage_chunk)
         await send({"type": "http.response.body", "body": tail + DONE_EVENT})
+
+
+def _chat_message(sub: Sub) -> dict[str, Any]:
+    message = {"role": "assistant", "content": sub.gen.text, "reasoning_content": None}
+    return {"message": {**message, "tool_calls": None}}
+
+
+def _completion_text(sub: Sub) -> dict[str, Any]:
+    return {"text": sub.gen.text}
