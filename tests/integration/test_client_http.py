@@ -195,13 +195,26 @@ async def test_dropped_stream_is_not_retried() -> None:
 
 @pytest.mark.fake_only
 async def test_read_timeout_raises_timeout_error() -> None:
+    import anyio
+    import httpx
+
     from sglang_client.testing import FakeSGLangServer
 
+    # 200 tokens at 50 ms can never arrive within the 0.5 s read timeout: ignore_eos matters,
+    # since a sampled answer may otherwise end after a token or two and beat the timeout.
+    # Only the read is tight; connecting may take as long as a loaded machine needs.
+    slow = {"max_new_tokens": 200, "ignore_eos": True}
     async with FakeSGLangServer(latency_per_token=0.05) as server:
-        async with SGLangClient(server.url, timeout=0.2, max_retries=0) as client:
-            with pytest.raises(APITimeoutError):
-                await client.generate("x", sampling_params={"max_new_tokens": 40})
-            ok = await client.generate("x", sampling_params={"max_new_tokens": 1}, timeout=5)
+        timeout = httpx.Timeout(30.0, read=0.5)
+        async with SGLangClient(server.url, timeout=timeout, max_retries=0) as client:
+            with pytest.raises(APITimeoutError, match="timed out"):
+                await client.generate("x", sampling_params=slow)
+            # The request was sent and then abandoned: the fake aborts it on the disconnect.
+            with anyio.fail_after(20):
+                while server.app.stats.aborted_requests < 1:
+                    await anyio.sleep(0.01)
+            assert server.app.stats.requests["/generate"] == 1
+            ok = await client.generate("x", sampling_params={"max_new_tokens": 1}, timeout=30)
             assert isinstance(ok, GenerateResponse)
 
 

@@ -62,9 +62,10 @@ def test_sigterm_finishes_in_flight_then_flushes_and_exits_0(
     with FakeSGLangServer(latency_per_token=0.1) as slow:
         proxy = proxies(slow.url, "--cache-path", str(path), "--quiet")
         result: dict[str, httpx.Response] = {}
-        # ~2 s of generation: the request is in flight when SIGTERM arrives.
+        # 2 s of generation (ignore_eos: a sampled answer could end at once): the request is in
+        # flight when SIGTERM arrives.
         worker = threading.Thread(
-            target=lambda: result.update(r=proxy.generate("drain me", max_new_tokens=20))
+            target=lambda: result.update(r=proxy.generate("drain me", max_new_tokens=20, ignore_eos=True))
         )
         worker.start()
         deadline = time.monotonic() + 10

@@ -56,7 +56,7 @@ def prefix() -> Iterator[str]:
 def test_two_proxies_share_one_cache_and_one_generation(
     proxies: Callable[..., ProxyProcess], prefix: str
 ) -> None:
-    # Enough latency that the two concurrent requests below overlap upstream.
+    # Enough latency (and ignore_eos: no early end) that the two concurrent requests overlap.
     with FakeSGLangServer(latency_per_token=0.05) as fake:
         args = ("--store", REDIS_URL, "--redis-prefix", prefix, "--quiet")
         a, b = proxies(fake.url, *args), proxies(fake.url, *args)
@@ -74,7 +74,7 @@ def test_two_proxies_share_one_cache_and_one_generation(
 
         def ask(name: str, proxy: ProxyProcess) -> None:
             barrier.wait(timeout=10)
-            answers[name] = proxy.generate(prompt, max_new_tokens=10)
+            answers[name] = proxy.generate(prompt, max_new_tokens=10, ignore_eos=True)
 
         threads = [threading.Thread(target=ask, args=item) for item in (("a", a), ("b", b))]
         for thread in threads:

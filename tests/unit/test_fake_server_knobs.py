@@ -153,12 +153,12 @@ def test_connect_reset_and_hang_faults(server: FakeSGLangServer, client: httpx.C
     assert client.post("/generate", json={"text": "x"}).status_code == 200
     server.app.faults.fail_next(1, "hang")
     with pytest.raises(httpx.ReadTimeout):
-        client.post("/generate", json={"text": "x"}, timeout=0.3)
+        client.post("/generate", json={"text": "x"}, timeout=httpx.Timeout(10, read=0.3))
     assert client.post("/generate", json={"text": "x"}).status_code == 200
     server.app.faults.fail_next(1, "hang", path="/model_info")
     server.app.faults.fail_next(1, "connect_reset", path="/health")
     with pytest.raises(httpx.ReadTimeout):
-        client.get("/model_info", timeout=0.3)
+        client.get("/model_info", timeout=httpx.Timeout(10, read=0.3))
     with pytest.raises(httpx.TransportError):
         client.get("/health")
     assert client.get("/model_info").status_code == 200
