@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-real lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Real SGLang 0.5.23 on the CPU (its own environment under .real-sglang/, built on first use).
+test-real: $(STAMP)
+	$(PY) tests/real_sglang/run.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
