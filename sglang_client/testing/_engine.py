@@ -88,6 +88,7 @@ class Run:
     subs: list[Sub]
     started: float = field(default_factory=time.perf_counter)
     wake: anyio.Event | None = None
+    booked: bool = False
 
     def elapsed(self) -> float:
         """Seconds since the request arrived (``e2e_latency``)."""
@@ -268,7 +269,14 @@ class Engine:
                 run.wake.set()
 
     def finish(self, run: Run) -> None:
-        """Book a run that ended: cache, sessions, counters; forget its rids."""
+        """Book a run that ended: cache, sessions, counters; forget its rids (once).
+
+        Handlers book a run as soon as it ended, before its last bytes go out, so that a client
+        that has its answer also sees it counted.
+        """
+        if run.booked:
+            return
+        run.booked = True
         stats = self.stats
         for sub in run.subs:
             if self.inflight.get(sub.rid, (None,))[0] is sub:

@@ -316,6 +316,7 @@ class NativeGenerate:
             await self._drive(receive, run, _keep_going)
         else:
             self.engine.run_to_end(run)
+        self.engine.finish(run)
 
     async def send_final(self, send: Send, obj: object, fault: str | None) -> None:
         """Send a 200 JSON response, or half of it and cut the connection (``drop_stream``)."""
@@ -368,6 +369,7 @@ class NativeGenerate:
             # Cut after at least one chunk, never sending the terminator.
             self.engine.abort_unfinished(run)
             raise InjectedDisconnect("fault: stream dropped")
+        self.engine.finish(run)
 
     def _chunk(self, sub: Sub, run: Run, want_ids: bool, indexed: bool) -> bytes:
         gen = sub.gen
