@@ -138,6 +138,12 @@ class SGLangClient:
         """The server root this client talks to."""
         return self._http.base_url
 
+    @property
+    def api_key(self) -> str | None:
+        """The key sent as ``Authorization: Bearer``, if any."""
+        key: str | None = self._options["api_key"]
+        return key
+
     def with_options(
         self,
         base_url: str | None = None,

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sglang_client.cache._helpers import openai_cacheable, openai_kind, valid_n
-from sglang_client.cache._records import split_generate
+from sglang_client.cache._helpers import completions_needed, openai_cacheable, openai_kind, valid_n
+from sglang_client.cache._records import GenerateSplit, split_generate
 from sglang_client.cache._singleflight import KeyedLocks
-from sglang_client.cache.keys import cache_key, is_greedy, semantic_fields
+from sglang_client.cache.keys import TENANT_FIELD, cache_key, semantic_fields, tenant_of
 from sglang_client.cache.stats import CacheStats, CacheStatus, Counters
 from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
 
@@ -37,6 +37,7 @@ class EngineCore:
         store: CacheStore | None = None,
         *,
         namespace: str | None = None,
+        isolate_by_key: bool = False,
     ) -> None:
         if store is None:
             from sglang_client.cache.stores.sqlite import SQLiteStore
@@ -45,6 +46,8 @@ class EngineCore:
         self.client = client
         self.store = store
         self._model = namespace
+        # The namespace of this client's own calls: its API key's, or the shared one.
+        self.tenant = tenant_of(client.api_key) if isolate_by_key else None
         self._locks = KeyedLocks()
         self._counters = Counters()
         self._store_failing = False
@@ -65,19 +68,27 @@ class EngineCore:
             self._store_failing = True
             logger.warning("cache store %s failed, serving without it: %s", action, exc)
 
-    def _store_ok(self) -> None:
-        if self._store_failing:
+    def _store_wrote(self) -> None:
+        """An append returned: the incident is over once the store's writes really succeed.
+
+        A write-behind store (SQLite) acknowledges before it commits, so its ``healthy`` says
+        whether the last commit worked; a read that succeeds proves nothing about writes.
+        """
+        if self._store_failing and self.store.healthy:
             self._store_failing = False
-            logger.warning("cache store recovered")
+            logger.info("cache store recovered: writes succeed again")
+
+    @property
+    def store_failing(self) -> bool:
+        """Whether the store is failing now (from its first error to a write that worked)."""
+        return self._store_failing
 
     async def _get(self, key: str, limit: int) -> CacheEntry | None:
         try:
-            entry = await self.store.get(key, limit=limit)
+            return await self.store.get(key, limit=limit)
         except StoreError as exc:
             self._store_failed(exc, "read")
             return None
-        self._store_ok()
-        return entry
 
     async def _append(self, key: str, completions: list[JSON], request: JSON) -> None:
         if not completions:
@@ -87,7 +98,7 @@ class EngineCore:
         except StoreError as exc:
             self._store_failed(exc, "write")
         else:
-            self._store_ok()
+            self._store_wrote()
 
     async def _lock(self, stack: AsyncExitStack, keys: Sequence[str]) -> None:
         """Coalesce: this process's per-key locks, then the store's (cross-process for Redis)."""
@@ -117,19 +128,39 @@ class EngineCore:
         """The model identity in keys, once known (``namespace``, or fetched on first use)."""
         return self._model
 
-    def generate_key(self, body: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    @staticmethod
+    def _split(body: Mapping[str, Any], tenant: str | None) -> GenerateSplit | None:
+        """``split_generate``, with the tenant in every prompt's keyed (and stored) request."""
+        split = split_generate(body)
+        if split is not None and tenant is not None:
+            split.base[TENANT_FIELD] = tenant
+        return split
+
+    @staticmethod
+    def _openai_request(body: Mapping[str, Any], tenant: str | None) -> JSON:
+        """The keyed (and stored) request of a chat/completions body."""
+        request = semantic_fields(body)
+        if tenant is not None:
+            request[TENANT_FIELD] = tenant
+        return request
+
+    def generate_key(
+        self, body: Mapping[str, Any], tenant: str | None = None
+    ) -> tuple[str, int, int] | None:
         """``(key, completions needed, n)`` of a single-prompt ``/generate`` body, else ``None``.
 
         ``None`` too while the model identity is unknown. For layers (the proxy's memo of
         encoded hits) that must find the same entry ``generate_json`` would use.
         """
-        split = split_generate(body)
+        split = self._split(body, tenant)
         if self._model is None or split is None or not split.single:
             return None
-        need = 1 if is_greedy(split.samplings[0].get("temperature")) else split.n
+        need = completions_needed(split.samplings[0].get("temperature"), split.n)
         return cache_key("generate", self._model, split.request(0)), need, split.n
 
-    def openai_key(self, path: str, body: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    def openai_key(
+        self, path: str, body: Mapping[str, Any], tenant: str | None = None
+    ) -> tuple[str, int, int] | None:
         """``(key, completions needed, n)`` of a cacheable chat/completions body, else ``None``.
 
         The same key ``openai_json`` uses; ``None`` too while the model identity is unknown.
@@ -138,8 +169,9 @@ class EngineCore:
         n = body.get("n", 1)
         if self._model is None or not (openai_cacheable(kind, body) and valid_n(n)):
             return None
-        need = 1 if is_greedy(body.get("temperature")) else int(n)
-        return cache_key(kind, self._model, semantic_fields(body)), need, int(n)
+        need = completions_needed(body.get("temperature"), int(n))
+        request = self._openai_request(body, tenant)
+        return cache_key(kind, self._model, request), need, int(n)
 
     def record_hit(self, seconds: float, served: int) -> None:
         """Count a hit served by a layer above the engine (it reads the same entries)."""

@@ -22,9 +22,11 @@ from sglang_client.cache._core import EngineCore
 from sglang_client.cache._helpers import (
     CachedResult,
     CachedStream,
+    GreedyFanOut,
     OpenAIRecorder,
     StreamRecorder,
     all_finished,
+    completions_needed,
     iterate,
     openai_cacheable,
     openai_finished,
@@ -42,10 +44,9 @@ from sglang_client.cache._records import (
     replay_chat_chunks,
     replay_completion_chunks,
     replay_generate_chunk,
-    split_generate,
     with_cached_usage,
 )
-from sglang_client.cache.keys import cache_key, is_greedy, semantic_fields
+from sglang_client.cache.keys import cache_key
 from sglang_client.cache.stats import CacheStatus
 
 __all__ = ["CacheEngine", "CachedResult", "CachedStream"]
@@ -66,7 +67,12 @@ class CacheEngine(EngineCore):
     # ------------------------------------------------------------------ /generate
 
     async def generate_json(
-        self, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+        self,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
     ) -> CachedResult:
         """Serve a raw ``/generate`` body (non-streaming) through the cache.
 
@@ -74,16 +80,17 @@ class CacheEngine(EngineCore):
             body: the request as SGLang takes it.
             read: use cached completions (``False``: ``Cache-Control: no-cache``).
             write: store new completions (``False``: ``no-store``).
+            tenant: the cache namespace (``None``: the shared one); see ``tenant_of``.
         """
         started = time.perf_counter()
-        split = split_generate(body) if (read or write) else None
+        split = self._split(body, tenant) if (read or write) else None
         if split is None:
             result = await self.client.request_json("POST", "/generate", without_stream(body))
             self._record(CacheStatus.BYPASS, started, 0, 0)
             return CachedResult(result, CacheStatus.BYPASS)
         model = await self._model_identity()
         keys = [cache_key("generate", model, split.request(i)) for i in range(len(split.prompts))]
-        need = [1 if is_greedy(s.get("temperature")) else split.n for s in split.samplings]
+        need = [completions_needed(s.get("temperature"), split.n) for s in split.samplings]
         cached = await self._read_all(keys, need) if read else [[] for _ in keys]
         if all(len(c) >= k for c, k in zip(cached, need, strict=True)):
             output = self._generate_output(split, cached)
@@ -146,20 +153,25 @@ class CacheEngine(EngineCore):
         return flat
 
     async def generate_stream_json(
-        self, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+        self,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
     ) -> CachedStream:
         """Serve a raw streaming ``/generate`` body: replay, pass through and record, or both.
 
         Single-prompt streams are cached; batch streams pass through (``BYPASS``).
         """
         started = time.perf_counter()
-        split = split_generate(body) if (read or write) else None
+        split = self._split(body, tenant) if (read or write) else None
         if split is None or not split.single:
             events = self._passthrough(body, started)
             return CachedStream(CacheStatus.BYPASS, events)
         model = await self._model_identity()
         key = cache_key("generate", model, split.request(0))
-        need = 1 if is_greedy(split.samplings[0].get("temperature")) else split.n
+        need = completions_needed(split.samplings[0].get("temperature"), split.n)
         have = (await self._read_all([key], [need]))[0] if read else []
         if len(have) >= need:
             replay = self._replay_generate(split, have)
@@ -207,8 +219,14 @@ class CacheEngine(EngineCore):
                 return
             upstream = split.upstream_body(body, [0], k)
             recorder = StreamRecorder()
+            # Greedy n > 1: one completion generated, streamed as the n equal choices.
+            fan = GreedyFanOut(split.n) if need < split.n else None
             async for event in self.client.stream_json("/generate", upstream):
                 recorder.feed(event)
+                if fan is not None and "error" not in event:
+                    for copy in fan.generate(event):
+                        yield copy
+                    continue
                 if offset or (split.n > 1 and "index" in event):
                     event = {**event, "index": offset + int(event.get("index") or 0)}
                 yield event
@@ -221,7 +239,13 @@ class CacheEngine(EngineCore):
     # ------------------------------------------------------------------ OpenAI routes
 
     async def openai_json(
-        self, path: str, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
     ) -> CachedResult:
         """Serve a raw ``/v1/chat/completions`` or ``/v1/completions`` body (non-streaming)."""
         started = time.perf_counter()
@@ -233,9 +257,9 @@ class CacheEngine(EngineCore):
             self._record(CacheStatus.BYPASS, started, 0, 0)
             return CachedResult(result, CacheStatus.BYPASS)
         model = await self._model_identity()
-        request = semantic_fields(body)
+        request = self._openai_request(body, tenant)
         key = cache_key(kind, model, request)
-        need = 1 if is_greedy(body.get("temperature")) else int(n)
+        need = completions_needed(body.get("temperature"), int(n))
         have = (await self._read_all([key], [need]))[0] if read else []
         if len(have) < need:
             async with AsyncExitStack() as stack:
@@ -265,7 +289,13 @@ class CacheEngine(EngineCore):
         return CachedResult(output, CacheStatus.HIT, from_cache=int(n))
 
     async def openai_stream_json(
-        self, path: str, body: Mapping[str, Any], *, read: bool = True, write: bool = True
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
     ) -> CachedStream:
         """Serve a raw streaming chat or completions body through the cache.
 
@@ -279,9 +309,9 @@ class CacheEngine(EngineCore):
         if not ((read or write) and openai_cacheable(kind, body) and valid_n(n)):
             return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
         model = await self._model_identity()
-        request = semantic_fields(body)
+        request = self._openai_request(body, tenant)
         key = cache_key(kind, model, request)
-        need = 1 if is_greedy(body.get("temperature")) else int(n)
+        need = completions_needed(body.get("temperature"), int(n))
         have = (await self._read_all([key], [need]))[0] if read else []
         if kind == "chat" and not chat_replayable(have):
             return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
@@ -342,6 +372,8 @@ class CacheEngine(EngineCore):
             upstream["stream_options"]["include_usage"] = True
             asked = bool((body.get("stream_options") or {}).get("include_usage"))
             recorder = OpenAIRecorder(chat=openai_kind(path)[0] == "chat")
+            # Greedy n > 1: one completion generated, streamed as the n equal choices.
+            fan = GreedyFanOut(n) if need < n else None
             failed = False
             async for event in self.client.stream_json(path, upstream):
                 failed = failed or "error" in event
@@ -349,7 +381,14 @@ class CacheEngine(EngineCore):
                 choices = event.get("choices")
                 if choices == [] and "usage" in event:
                     if asked:
-                        yield with_cached_usage(event, have) if m else event
+                        if fan is not None:
+                            yield fan.openai(event)[0]
+                        else:
+                            yield with_cached_usage(event, have) if m else event
+                    continue
+                if fan is not None and "error" not in event:
+                    for copy in fan.openai(event):
+                        yield copy
                     continue
                 if m and choices:
                     event = {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sglang_client.cache.keys import is_greedy
 from sglang_client.cache.stats import CacheStatus
 from sglang_client.errors import StreamError
 from sglang_client.streaming import DeltaTracker
@@ -13,9 +15,11 @@ from sglang_client.streaming import DeltaTracker
 __all__ = [
     "CachedResult",
     "CachedStream",
+    "GreedyFanOut",
     "OpenAIRecorder",
     "StreamRecorder",
     "all_finished",
+    "completions_needed",
     "iterate",
     "openai_cacheable",
     "openai_finished",
@@ -66,6 +70,11 @@ def with_n(body: Mapping[str, Any], k: int) -> JSON:
     if k != 1:
         out["n"] = k
     return out
+
+
+def completions_needed(temperature: object, n: int) -> int:
+    """How many stored completions serve a request for ``n``: one for greedy decoding."""
+    return 1 if is_greedy(temperature) else n
 
 
 def valid_n(n: object) -> bool:
@@ -201,3 +210,45 @@ class OpenAIRecorder:
                 }
             )
         return {**self._envelope, "choices": choices, "usage": self._usage}
+
+
+class GreedyFanOut:
+    """Greedy ``n > 1``: the one upstream completion streamed as the ``n`` equal choices.
+
+    SGLang would stream ``n`` identical greedy samples; the cache generates one and sends each
+    of its events once per choice index, each index with its own id (as SGLang's per-sample
+    ids). A usage event counts the ``n`` completions, as SGLang's would.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._ids = [uuid.uuid4().hex for _ in range(n)]
+
+    def generate(self, event: JSON) -> list[JSON]:
+        """A native ``/generate`` event, once per index."""
+        return [{**event, "index": i} for i in range(self.n)]
+
+    def openai(self, event: JSON) -> list[JSON]:
+        """A chat or completions chunk, once per index (a usage chunk once, scaled)."""
+        choices = event.get("choices")
+        if not choices:
+            usage = event.get("usage")
+            if not isinstance(usage, Mapping):
+                return [event]
+            scaled = dict(usage)
+            for field in ("completion_tokens", "reasoning_tokens"):
+                if isinstance(scaled.get(field), int):
+                    scaled[field] *= self.n
+            if isinstance(scaled.get("completion_tokens"), int):
+                scaled["total_tokens"] = int(scaled.get("prompt_tokens") or 0) + int(
+                    scaled["completion_tokens"]
+                )
+            return [{**event, "usage": scaled}]
+        return [
+            {
+                **event,
+                "id": event.get("id") if i == 0 else self._ids[i],
+                "choices": [{**c, "index": i} for c in choices],
+            }
+            for i in range(self.n)
+        ]

@@ -24,6 +24,8 @@ __all__ = [
     "is_greedy",
     "normalize",
     "semantic_fields",
+    "tenant_of",
+    "TENANT_FIELD",
 ]
 
 NON_SEMANTIC_FIELDS = frozenset(
@@ -50,10 +52,10 @@ NON_SEMANTIC_FIELDS = frozenset(
         "log_metrics",
         "background",
         "conversation_id",
-        # namespaces of the server's prefix cache: they change reuse, not output
-        "extra_key",
-        "cache_salt",
         "session_id",
+        # Not here, on purpose: cache_salt and extra_key. They do not change the output either,
+        # but they are how SGLang keeps tenants' prefix caches apart; sharing answers across
+        # them would undo that isolation.
     }
 )
 """Top-level request fields that never change what is generated."""
@@ -114,6 +116,18 @@ def cache_key(kind: str, model: str, request: Mapping[str, Any]) -> str:
     """
     text = canonical_json({"kind": kind, "model": model, "request": normalize(request)})
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+TENANT_FIELD = "_tenant"
+"""The field of a keyed request that holds its tenant (no SGLang field starts with ``_``)."""
+
+
+def tenant_of(token: str | None) -> str:
+    """The cache namespace of an API key: a salted hash, so that no key is ever stored."""
+    if not token:
+        return "anonymous"
+    digest = hashlib.sha256(b"sglang-client tenant\x00" + token.encode("utf-8", "replace"))
+    return digest.hexdigest()[:32]
 
 
 def is_greedy(temperature: object) -> bool:

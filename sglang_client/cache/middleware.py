@@ -51,7 +51,10 @@ class CachedClient(CacheEngine):
         client: the upstream client.
         store: where completions live; default ``SQLiteStore("~/.sglang_cache")``.
         namespace: the model identity in keys; default: the upstream's served model name
-            (``/model_info``, fetched once).
+            (``/model_info``, fetched once). Two namespaces never share an entry.
+        isolate_by_key: keep this client's entries apart from every other API key's (the
+            client's ``api_key``, hashed, joins the key), as ``sglang-cached --isolate-by-key``
+            does per caller.
     """
 
     # ------------------------------------------------------------------ typed surface
@@ -68,7 +71,7 @@ class CachedClient(CacheEngine):
     ) -> GenerateResponse | list[GenerateResponse]:
         """``SGLangClient.generate`` through the cache (``cache=False`` bypasses it)."""
         body = generate_body(text, input_ids, sampling_params, rid, extra)
-        result = await self.generate_json(body, read=cache, write=cache)
+        result = await self.generate_json(body, read=cache, write=cache, tenant=self.tenant)
         if isinstance(result.body, list):
             return GENERATE_MANY.validate_python(result.body)
         return GENERATE_ONE.validate_python(result.body)
@@ -85,7 +88,9 @@ class CachedClient(CacheEngine):
     ) -> AsyncIterator[StreamChunk]:
         """``SGLangClient.generate_stream`` through the cache, as ``StreamChunk`` objects."""
         body = generate_body(text, input_ids, sampling_params, rid, extra)
-        stream = await self.generate_stream_json({**body, "stream": True}, read=cache, write=cache)
+        stream = await self.generate_stream_json(
+            {**body, "stream": True}, read=cache, write=cache, tenant=self.tenant
+        )
         async for chunk in _typed(stream, DeltaTracker().update):
             yield chunk
 
@@ -99,7 +104,8 @@ class CachedClient(CacheEngine):
     ) -> ChatCompletion:
         """``SGLangClient.chat_completion`` through the cache."""
         body = {**params, "messages": list(messages), "model": model}
-        result = await self.openai_json("/v1/chat/completions", body, read=cache, write=cache)
+        path = "/v1/chat/completions"
+        result = await self.openai_json(path, body, read=cache, write=cache, tenant=self.tenant)
         return ChatCompletion.model_validate(result.body)
 
     async def chat_completion_stream(
@@ -113,7 +119,9 @@ class CachedClient(CacheEngine):
         """``SGLangClient.chat_completion_stream`` through the cache."""
         body = {**params, "messages": list(messages), "model": model, "stream": True}
         path = "/v1/chat/completions"
-        stream = await self.openai_stream_json(path, body, read=cache, write=cache)
+        stream = await self.openai_stream_json(
+            path, body, read=cache, write=cache, tenant=self.tenant
+        )
         async for chunk in _typed(stream, ChatCompletionChunk.model_validate):
             yield chunk
 
@@ -128,7 +136,8 @@ class CachedClient(CacheEngine):
         """``SGLangClient.completion`` through the cache."""
         body = {**params, "prompt": prompt if isinstance(prompt, str) else list(prompt)}
         body["model"] = model
-        result = await self.openai_json("/v1/completions", body, read=cache, write=cache)
+        path = "/v1/completions"
+        result = await self.openai_json(path, body, read=cache, write=cache, tenant=self.tenant)
         return Completion.model_validate(result.body)
 
     async def completion_stream(
@@ -142,7 +151,10 @@ class CachedClient(CacheEngine):
         """``SGLangClient.completion_stream`` through the cache."""
         body = {**params, "prompt": prompt if isinstance(prompt, str) else list(prompt)}
         body.update(model=model, stream=True)
-        stream = await self.openai_stream_json("/v1/completions", body, read=cache, write=cache)
+        path = "/v1/completions"
+        stream = await self.openai_stream_json(
+            path, body, read=cache, write=cache, tenant=self.tenant
+        )
         async for chunk in _typed(stream, CompletionChunk.model_validate):
             yield chunk
 

@@ -8,7 +8,8 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from sglang_client.cache.stores.base import StoreError
+from sglang_client.cache.keys import TENANT_FIELD
+from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
 from sglang_client.server._asgi import Scope, Send, error_body, send_bytes, send_json
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ __all__ = ["AdminRoutes"]
 
 _PROMETHEUS_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _MAX_PAGE = 1000
+_MAX_OFFSET = 1 << 62  # SQLite takes 64-bit offsets; larger ones are a client's mistake
+_MAX_SCAN = 20 * _MAX_PAGE  # entries one filtered /cache/info call may read
 
 
 def _store_limits(store: Any) -> dict[str, Any]:
@@ -54,25 +57,38 @@ class AdminRoutes:
         """``GET /cache/stats``: what the store holds and how requests were served."""
         stats = (await self.cached.stats()).as_dict()
         stats["cache_file"] = stats["store_location"]
+        stats["store_failing"] = self.cached.store_failing
         await send_json(send, 200, stats)
         return 200
 
-    async def info(self, scope: Scope, send: Send) -> int:
-        """``GET /cache/info?offset=&limit=``: store, limits, size, age range, a page of keys."""
+    async def info(self, scope: Scope, send: Send, tenant: str | None = None) -> int:
+        """``GET /cache/info?offset=&limit=``: store, limits, size, age range, a page of keys.
+
+        With ``tenant``, only that namespace's entries are listed: ``offset`` and
+        ``next_offset`` are then positions in the whole store (a cursor), and one call reads at
+        most a bounded number of entries.
+        """
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
             offset = int(query.get("offset", ["0"])[0])
             limit = int(query.get("limit", ["50"])[0])
-            if offset < 0 or not 1 <= limit <= _MAX_PAGE:
+            if not 0 <= offset <= _MAX_OFFSET or not 1 <= limit <= _MAX_PAGE:
                 raise ValueError
         except ValueError:
-            message = f"offset must be an integer >= 0 and limit an integer in 1..{_MAX_PAGE}."
+            message = (
+                f"offset must be an integer in 0..{_MAX_OFFSET}"
+                f" and limit an integer in 1..{_MAX_PAGE}."
+            )
             await send_json(send, 400, error_body(400, message, "Bad Request"))
             return 400
         store = self.cached.store
         try:
             counts = await store.count()
-            entries = await store.iter_entries(offset=offset, limit=limit)
+            if tenant is None:
+                entries = await store.iter_entries(offset=offset, limit=limit)
+                end = offset + len(entries)
+            else:
+                entries, end = await _tenant_page(store, tenant, offset, limit)
             first = await store.iter_entries(offset=0, limit=1)
             last = await store.iter_entries(offset=max(0, counts.num_keys - 1), limit=1)
         except StoreError as exc:
@@ -92,9 +108,7 @@ class AdminRoutes:
             "pending_writes": store.pending_writes,
             "offset": offset,
             "limit": limit,
-            "next_offset": offset + len(entries)
-            if offset + len(entries) < counts.num_keys
-            else None,
+            "next_offset": end if end < counts.num_keys else None,
             "keys": [
                 {
                     "key": e.key,
@@ -148,6 +162,28 @@ class AdminRoutes:
             counters.misses,
             counters.partial_hits,
             self.cached.store.pending_writes,
+            counters.store_errors,
+            self.cached.store_failing,
         )
         await send_bytes(send, 200, text.encode(), [_PROMETHEUS_TYPE])
         return 200
+
+
+async def _tenant_page(
+    store: CacheStore, tenant: str, offset: int, limit: int
+) -> tuple[list[CacheEntry], int]:
+    """Up to ``limit`` of ``tenant``'s entries from store position ``offset`` on, and the
+    position after the last one read."""
+    found: list[CacheEntry] = []
+    position = offset
+    while len(found) < limit and position - offset < _MAX_SCAN:
+        page = await store.iter_entries(offset=position, limit=_MAX_PAGE)
+        if not page:
+            break
+        for entry in page:
+            position += 1
+            if (entry.request or {}).get(TENANT_FIELD) == tenant:
+                found.append(entry)
+                if len(found) == limit:
+                    break
+    return found, position

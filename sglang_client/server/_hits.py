@@ -122,19 +122,29 @@ class HitMemo:
         return hit
 
     async def remember(
-        self, path: str, raw: bytes, body: Mapping[str, Any], answer: Any, response: bytes
+        self,
+        path: str,
+        raw: bytes,
+        body: Mapping[str, Any],
+        answer: Any,
+        response: bytes,
+        tenant: str | None = None,
     ) -> None:
         """Memoise a HIT the full path just sent: ``answer``, encoded as ``response``.
 
-        ``raw`` is the request body (parsed: ``body``). Nothing is kept unless the store's
-        entry re-assembles to the very same answer.
+        ``raw`` is the request body (parsed: ``body``), ``tenant`` the cache namespace it was
+        served from. Nothing is kept unless the store's entry re-assembles to the very same
+        answer.
         """
-        key_ = memo_key(path, raw)
+        key_ = memo_key(path, raw, tenant)
         if len(raw) > self.max_body or key_ in self._items:
             return
         generate = path == "/generate"
         # None until the model identity is known, or for a request the cache does not take.
-        found = self.cached.generate_key(body) if generate else self.cached.openai_key(path, body)
+        cached = self.cached
+        found = (
+            cached.generate_key(body, tenant) if generate else cached.openai_key(path, body, tenant)
+        )
         if found is None:
             return
         key, need, n = found
@@ -174,9 +184,14 @@ class HitMemo:
             self._bytes -= 2 * len(raw) + len(hit.response) + _OVERHEAD
 
 
-def memo_key(path: str, raw: bytes) -> bytes:
-    """The memo's key: the body itself for ``/generate``, the route and body for the others."""
-    return raw if path == "/generate" else path.encode() + b" " + raw
+def memo_key(path: str, raw: bytes, tenant: str | None = None) -> bytes:
+    """The memo's key: the body itself for ``/generate``, the route and body for the others.
+
+    With a tenant (``isolate_by_key``), its namespace comes first: one tenant's memoised answer
+    is never another's.
+    """
+    key = raw if path == "/generate" else path.encode() + b" " + raw
+    return key if tenant is None else tenant.encode() + b"\x00" + key
 
 
 def _template(answer: Any, rebuilt: Mapping[str, Any]) -> tuple[bytes, bytes, bytes] | None:

@@ -41,7 +41,15 @@ class Metrics:
         """Count one failed upstream call (``connect``, ``timeout``, ``status``, ``stream``...)."""
         self.upstream_errors[kind] += 1
 
-    def render(self, hits: int, misses: int, partial: int, pending_writes: int) -> str:
+    def render(
+        self,
+        hits: int,
+        misses: int,
+        partial: int,
+        pending_writes: int,
+        store_errors: int = 0,
+        store_failing: bool = False,
+    ) -> str:
         """The exposition text."""
         lines = [
             "# HELP sglang_cached_requests_total Requests served, by route, cache and status.",
@@ -64,6 +72,12 @@ class Metrics:
             "# HELP sglang_cached_pending_writes Cache writes acknowledged but not yet durable.",
             "# TYPE sglang_cached_pending_writes gauge",
             f"sglang_cached_pending_writes {pending_writes}",
+            "# HELP sglang_cached_store_errors_total Cache store operations that failed.",
+            "# TYPE sglang_cached_store_errors_total counter",
+            f"sglang_cached_store_errors_total {store_errors}",
+            "# HELP sglang_cached_store_failing 1 while the store fails, until a write works.",
+            "# TYPE sglang_cached_store_failing gauge",
+            f"sglang_cached_store_failing {int(store_failing)}",
             "# HELP sglang_cached_upstream_errors_total Failed upstream calls, by kind.",
             "# TYPE sglang_cached_upstream_errors_total counter",
         ]

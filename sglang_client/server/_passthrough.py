@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import anyio
 
+from sglang_client._http import map_transport_errors
+from sglang_client.errors import SGLangError
 from sglang_client.server._asgi import (
     BodyTooLarge,
     ClientGone,
@@ -18,6 +21,7 @@ from sglang_client.server._asgi import (
     read_body,
     send_json,
 )
+from sglang_client.server._respond import upstream_failed, watch_disconnect
 
 if TYPE_CHECKING:
     import aiohttp
@@ -44,7 +48,7 @@ class Passthrough:
     Args:
         upstream_url: the SGLang server.
         upstream_api_key: replaces the client's ``Authorization`` when set.
-        proxy_api_key: when the proxy has its own key, the client's ``Authorization`` is for the
+        drop_client_auth: the proxy has its own keys, so a client's ``Authorization`` is for the
             proxy and is not forwarded.
         timeout: seconds to wait for the upstream's response headers and between body chunks.
         max_body_bytes: larger request bodies get 413 without reaching the upstream.
@@ -54,14 +58,14 @@ class Passthrough:
         self,
         upstream_url: str,
         upstream_api_key: str | None,
-        proxy_api_key: str | None,
+        drop_client_auth: bool,
         *,
         timeout: float = 600.0,
         max_body_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._auth = f"Bearer {upstream_api_key}" if upstream_api_key else None
-        self._drop_auth = proxy_api_key is not None
+        self._drop_auth = drop_client_auth
         self._timeout = timeout
         self._max_body = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -77,7 +81,7 @@ class Passthrough:
             )
         return self._session
 
-    def _headers(self, scope: Scope) -> list[tuple[str, str]]:
+    def _headers(self, scope: Scope, credentials: bool) -> list[tuple[str, str]]:
         headers = []
         for name, value in scope["headers"]:
             if name in _DROP_REQUEST:
@@ -85,13 +89,19 @@ class Passthrough:
             if name == b"authorization" and (self._auth is not None or self._drop_auth):
                 continue
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        if self._auth is not None:
+        if self._auth is not None and credentials:
             headers.append(("Authorization", self._auth))
         return headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, metrics: Metrics) -> int:
-        """Relay one request; return the status sent to the client."""
-        import aiohttp
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, metrics: Metrics, *, credentials: bool
+    ) -> int:
+        """Relay one request; return the status sent to the client.
+
+        ``credentials``: send the upstream key (not for open routes, which need none). The
+        path goes out exactly as it came in (the caller checked it; nothing re-normalises it).
+        """
+        from yarl import URL
 
         declared = RequestHeaders(scope).content_length
         try:
@@ -106,27 +116,21 @@ class Passthrough:
             return 413
         except ClientGone:
             return 499
-        url = self.upstream_url + scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
+        target = self.upstream_url + raw_path.decode("latin-1")
         if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
+            target += "?" + scope["query_string"].decode("latin-1")
         try:
-            response = await self._get_session().request(
-                scope["method"],
-                url,
-                data=body or None,
-                headers=self._headers(scope),
-                allow_redirects=False,
-            )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            metrics.upstream_error("timeout")
-            text = f"The upstream SGLang server timed out: {exc or type(exc).__name__}"
-            await send_json(send, 504, error_body(504, text, "Gateway Timeout"))
-            return 504
-        except (aiohttp.ClientError, OSError) as exc:
-            metrics.upstream_error("connect")
-            text = f"The upstream SGLang server is unreachable: {exc or type(exc).__name__}"
-            await send_json(send, 502, error_body(502, text, "Bad Gateway"))
-            return 502
+            with map_transport_errors(f"{scope['method']} {scope['path']}"):
+                response = await self._get_session().request(
+                    scope["method"],
+                    URL(target, encoded=True),
+                    data=body or None,
+                    headers=self._headers(scope, credentials),
+                    allow_redirects=False,
+                )
+        except SGLangError as exc:
+            return (await upstream_failed(exc, send, metrics))[0]
         try:
             headers = [
                 (k.encode("latin-1"), v.encode("latin-1"))
@@ -139,7 +143,7 @@ class Passthrough:
             if response.content_type == "text/event-stream":
                 # A stream can run for minutes: stop reading it when the client hangs up.
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+                    tg.start_soon(watch_disconnect, receive, tg.cancel_scope)
                     await _relay(response, send, metrics)
                     tg.cancel_scope.cancel()
             else:
@@ -164,9 +168,3 @@ async def _relay(response: aiohttp.ClientResponse, send: Send, metrics: Metrics)
         # Headers are gone: end the body early, as the upstream did.
         metrics.upstream_error("stream")
     await send({"type": "http.response.body", "body": b""})
-
-
-async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,17 +35,39 @@ def _finite_float(text: str) -> float:
 
 
 def parse_json(raw: bytes) -> tuple[Any, str | None]:
-    """Decode a request body; return ``(value, None)`` or ``(None, message)``."""
+    """Decode a request body; return ``(value, None)`` or ``(None, message)``.
+
+    Refused as SGLang's orjson refuses them: invalid UTF-8, ``NaN``/``Infinity``, numbers out
+    of range, lone surrogate escapes (``"\\ud800"``: no UTF-8 text can hold one), and nesting
+    deeper than the parser's limit.
+    """
     if not raw.strip():
         return None, "The request body is empty; send a JSON object."
     try:
-        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float), None
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         return None, "The request body is not UTF-8 text."
     except ValueError as exc:
         return None, f"The request body is not valid JSON: {exc}"
     except RecursionError:
         return None, "The request body is nested too deeply."
+    # Only a \uD800-\uDFFF escape makes a surrogate, and a valid pair decodes to one character.
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+        return None, "The request body is not valid JSON: a lone surrogate (\\ud800-\\udfff)."
+    return value, None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except RecursionError:  # too deep to re-encode: the key builder refuses it later
+        return False
+    return False
 
 
 def _int(value: object) -> bool:

@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from sglang_client.cache.keys import tenant_of
 from sglang_client.cache.stats import CacheStatus
-from sglang_client.errors import APIStatusError, APITimeoutError, SGLangError
+from sglang_client.errors import SGLangError
 from sglang_client.server._admin import AdminRoutes
 from sglang_client.server._asgi import (
     JSON_TYPE,
-    SSE_DONE,
     BodyTooLarge,
     ClientGone,
     Message,
@@ -44,11 +43,12 @@ from sglang_client.server._asgi import (
     replay,
     send_bytes,
     send_json,
-    sse_event,
 )
 from sglang_client.server._hits import HitMemo, memo_key
 from sglang_client.server._metrics import Metrics
 from sglang_client.server._passthrough import Passthrough
+from sglang_client.server._respond import send_stream, upstream_failed
+from sglang_client.server._routes import Access, Gate, access_of, check_path
 from sglang_client.server._validate import parse_json, validate_generate, validate_openai
 
 if TYPE_CHECKING:
@@ -68,7 +68,6 @@ _GENERATE_TYPES = frozenset({"application/json", "", "application/x-www-form-url
 _OPENAI_TYPES = frozenset({"application/json"})
 _MEMO_TYPES = frozenset({b"application/json", None})
 _MEMO_OPENAI_TYPES = frozenset({b"application/json"})
-_OPEN_PATHS = ("/health", "/ready", "/metrics")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -89,9 +88,13 @@ class ProxyConfig:
     Attributes:
         upstream_url: the SGLang server.
         api_key: clients must send ``Authorization: Bearer <api_key>`` (``/health``, ``/ready``
-            and ``/metrics`` stay open, as in SGLang).
-        upstream_api_key: sent to SGLang on every forwarded request.
-        admin_key: required (instead of ``api_key``) for ``POST /cache/clear`` when set.
+            and ``/metrics`` stay open, as in SGLang); a tuple accepts any of several keys.
+        upstream_api_key: sent to SGLang on every forwarded request that needs a key.
+        admin_key: required (instead of ``api_key``) for ``POST /cache/clear`` and SGLang's
+            admin routes (``/flush_cache``, ``/abort_request``, ...) when set.
+        isolate_by_key: keep a separate cache per bearer token (a salted hash of it), so that
+            tenants never see each other's answers; ``/cache/info`` then lists only the
+            caller's entries unless it holds the admin key.
         max_body_bytes: larger request bodies get 413.
         max_n: the largest ``n`` accepted on cached routes.
         quiet: no per-request log line.
@@ -99,21 +102,29 @@ class ProxyConfig:
             routes (cached routes use the ``SGLangClient``'s timeout).
         hit_memo_bytes: memory for pre-encoded hits of repeated requests (0 disables; see
             ``_hits``).
+        freeze_gc: at startup, move everything built so far out of the garbage collector's
+            full scans (``gc.freeze``). A process-wide choice: ``sglang-cached`` makes it, an
+            app embedding the proxy should not (it also blinds ``gc.get_referrers``).
     """
 
     upstream_url: str
-    api_key: str | None = None
+    api_key: str | tuple[str, ...] | None = None
     upstream_api_key: str | None = None
     admin_key: str | None = None
+    isolate_by_key: bool = False
     max_body_bytes: int = 16 * 1024 * 1024
     max_n: int = 128
     quiet: bool = False
     upstream_timeout: float = 600.0
     hit_memo_bytes: int = 32 * 1024 * 1024
+    freeze_gc: bool = False
 
-
-def _matches(token: str | None, key: str) -> bool:
-    return token is not None and hmac.compare_digest(token.encode(), key.encode())
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted API key."""
+        if self.api_key is None:
+            return ()
+        return (self.api_key,) if isinstance(self.api_key, str) else tuple(self.api_key)
 
 
 class ProxyApp:
@@ -129,12 +140,13 @@ class ProxyApp:
         self.cached = cached
         self.config = config
         self.metrics = Metrics()
+        self.gate = Gate(config.api_keys, config.admin_key)
         self.memo = HitMemo(cached, config.hit_memo_bytes)
         self.admin = AdminRoutes(cached, self.metrics, self.memo, config.upstream_url)
         self.passthrough = Passthrough(
             config.upstream_url,
             config.upstream_api_key,
-            config.api_key,
+            config.api_key is not None,
             timeout=config.upstream_timeout,
             max_body_bytes=config.max_body_bytes,
         )
@@ -147,6 +159,12 @@ class ProxyApp:
         started = time.perf_counter()
         path: str = scope["path"]
         try:
+            refused = check_path(path, scope.get("raw_path"), scope.get("query_string", b""))
+            if refused is not None:
+                # Before auth and before any route is matched: what was checked is what runs.
+                await send_json(send, 400, error_body(400, refused, "Bad Request"))
+                self.metrics.observe("other", "rejected", 400, time.perf_counter() - started)
+                return
             if path in CACHED_ROUTES and scope["method"] == "POST" and self.memo.enabled:
                 # A busy cache's commonest request, a repeat, answered before any parsing: the
                 # HTTP server's own work is most of a hit's cost, so every step here counts.
@@ -179,8 +197,12 @@ class ProxyApp:
         allowed = _MEMO_TYPES if path == "/generate" else _MEMO_OPENAI_TYPES
         if headers.get(b"content-type") not in allowed or b"cache-control" in headers:
             return []
-        if self.config.api_key is not None and self._denied(RequestHeaders(scope), path, "POST"):
-            return []
+        tenant = None
+        if self.gate.api_keys or self.config.isolate_by_key:
+            bearer = RequestHeaders(scope).bearer
+            if self.gate.denied(Access.USER, "POST", bearer) is not None:
+                return []
+            tenant = self._tenant(bearer)
         message = await receive()
         if message["type"] == "http.request" and not message.get("more_body", False):
             messages = [message]
@@ -189,7 +211,7 @@ class ProxyApp:
             messages, raw = await self._read_small(message, receive)
             if not raw:
                 return messages
-        hit = await self.memo.lookup(memo_key(path, raw))
+        hit = await self.memo.lookup(memo_key(path, raw, tenant))
         if hit is None:
             return messages
         response, response_headers = hit.render()
@@ -220,45 +242,40 @@ class ProxyApp:
             return messages, b""
         return messages, b"".join(m.get("body", b"") for m in messages)
 
-    def _denied(self, headers: RequestHeaders, path: str, method: str) -> tuple[int, str] | None:
-        """The auth failure for this request, if any (SGLang's rules, plus the admin key)."""
-        config = self.config
-        if path == "/cache/clear" and config.admin_key is not None:
-            if _matches(headers.bearer, config.admin_key):
-                return None
-            if config.api_key is not None and _matches(headers.bearer, config.api_key):
-                return 403, "Forbidden: POST /cache/clear needs the admin key."
-            return 401, "Unauthorized"
-        if config.api_key is None or method == "OPTIONS" or path.startswith(_OPEN_PATHS):
-            return None
-        if _matches(headers.bearer, config.api_key):
-            return None
-        return 401, "Unauthorized"
+    def _tenant(self, bearer: str | None) -> str | None:
+        """The cache namespace of a request: its key's, with ``isolate_by_key``, else shared."""
+        return tenant_of(bearer) if self.config.isolate_by_key else None
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, path: str
     ) -> tuple[int, str]:
         method: str = scope["method"]
         headers = RequestHeaders(scope)
-        denied = self._denied(headers, path, method)
+        route, access = access_of(path, method)
+        denied = self.gate.denied(access, method, headers.bearer)
         if denied is not None:
             await send_json(send, denied[0], {"error": denied[1]})
             return denied[0], "none"
-        kind = CACHED_ROUTES.get(path)
-        if kind is not None and (method == "POST" or (method == "PUT" and kind == "generate")):
-            return await self._cached(kind, path, headers, receive, send)
+        if route is None:
+            status = await self.passthrough(
+                scope, receive, send, self.metrics, credentials=access is not Access.OPEN
+            )
+            return status, "pass"
+        handler = route.handler
+        tenant = self._tenant(headers.bearer)
+        if handler in ("generate", "completion", "chat"):
+            return await self._cached(handler, path, headers, tenant, receive, send)
         admin = self.admin
-        if path == "/cache/stats" and method == "GET":
+        if handler == "stats":
             return await admin.stats(send), "none"
-        if path == "/cache/info" and method == "GET":
-            return await admin.info(scope, send), "none"
-        if path == "/cache/clear" and method == "POST":
+        if handler == "info":
+            everything = not self.config.isolate_by_key or self.gate.is_admin(headers.bearer)
+            return await admin.info(scope, send, None if everything else tenant), "none"
+        if handler == "clear":
             return await admin.clear(send), "none"
-        if path == "/health" and method == "GET":
+        if handler == "health":
             return await admin.health(send), "none"
-        if path == "/metrics" and method == "GET":
-            return await admin.prometheus(send), "none"
-        return await self.passthrough(scope, receive, send, self.metrics), "pass"
+        return await admin.prometheus(send), "none"
 
     # ------------------------------------------------------------------ cached routes
 
@@ -267,7 +284,13 @@ class ProxyApp:
         return status, "rejected"
 
     async def _cached(
-        self, kind: str, path: str, headers: RequestHeaders, receive: Receive, send: Send
+        self,
+        kind: str,
+        path: str,
+        headers: RequestHeaders,
+        tenant: str | None,
+        receive: Receive,
+        send: Send,
     ) -> tuple[int, str]:
         started = time.perf_counter()
         allowed = _GENERATE_TYPES if kind == "generate" else _OPENAI_TYPES
@@ -292,7 +315,7 @@ class ProxyApp:
         read = write and "no-cache" not in directives
         memo = self.memo
         if read and memo.enabled:
-            hit = await memo.lookup(memo_key(path, raw))
+            hit = await memo.lookup(memo_key(path, raw, tenant))
             if hit is not None:
                 response, response_headers = hit.render()
                 await send_bytes(send, 200, response, response_headers, complete=True)
@@ -309,14 +332,15 @@ class ProxyApp:
             return await self._reject(send, 400, error, "Bad Request")
         try:
             if body.get("stream"):
-                stream = await self._open_stream(kind, path, body, read, write)
+                stream = await self._open_stream(kind, path, body, read, write, tenant)
                 return await self._stream(stream, receive, send, started, path)
+            cached = self.cached
             if kind == "generate":
-                result = await self.cached.generate_json(body, read=read, write=write)
+                result = await cached.generate_json(body, read=read, write=write, tenant=tenant)
             else:
-                result = await self.cached.openai_json(path, body, read=read, write=write)
+                result = await cached.openai_json(path, body, read=read, write=write, tenant=tenant)
         except SGLangError as exc:
-            return await self._upstream_failed(exc, send)
+            return await upstream_failed(exc, send, self.metrics)
         except RecursionError:  # valid JSON, but too deep to hash into a cache key
             return await self._reject(send, 400, "The request is nested too deeply.", "Bad Request")
         status = result.status
@@ -324,87 +348,31 @@ class ProxyApp:
         await send_bytes(send, 200, response, [JSON_TYPE, _X_CACHE[status]])
         self._log(status, path, started)
         if status is CacheStatus.HIT and read and memo.enabled:
-            await memo.remember(path, raw, body, result.body, response)
+            await memo.remember(path, raw, body, result.body, response, tenant)
         return 200, status.value
 
     async def _open_stream(
-        self, kind: str, path: str, body: dict[str, Any], read: bool, write: bool
+        self,
+        kind: str,
+        path: str,
+        body: dict[str, Any],
+        read: bool,
+        write: bool,
+        tenant: str | None,
     ) -> CachedStream:
+        cached = self.cached
         if kind == "generate":
-            return await self.cached.generate_stream_json(body, read=read, write=write)
-        return await self.cached.openai_stream_json(path, body, read=read, write=write)
+            return await cached.generate_stream_json(body, read=read, write=write, tenant=tenant)
+        return await cached.openai_stream_json(path, body, read=read, write=write, tenant=tenant)
 
     async def _stream(
         self, stream: CachedStream, receive: Receive, send: Send, started: float, path: str
     ) -> tuple[int, str]:
-        events: AsyncIterator[dict[str, Any]] = stream.__aiter__()
-        try:
-            # Wait for the first event before answering 200, so an upstream failure that comes
-            # before any output is still a real HTTP error (as SGLang's OpenAI routes do).
-            first: dict[str, Any] | None = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except SGLangError as exc:
-            await _close(stream)
-            return await self._upstream_failed(exc, send)
-        except BaseException:
-            await _close(stream)
-            raise
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*_SSE_HEADERS, _X_CACHE[stream.status]],
-            }
-        )
-        outcome = "aborted"
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-            try:
-                if first is not None:
-                    await send(
-                        {"type": "http.response.body", "body": sse_event(first), "more_body": True}
-                    )
-                    async for event in events:
-                        chunk = sse_event(event)
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": SSE_DONE})
-                outcome = stream.status.value
-            except SGLangError as exc:
-                # Headers are gone: end with an error event and [DONE], SGLang's framing (§3.5).
-                logger.warning("upstream stream failed mid-way on %s: %s", path, exc)
-                self.metrics.upstream_error("stream")
-                error = error_body(502, f"The upstream stream failed: {exc}", "Bad Gateway")
-                tail = sse_event({"error": error}) + SSE_DONE
-                await send({"type": "http.response.body", "body": tail})
-                outcome = "error"
-            finally:
-                await _close(stream)
-            tg.cancel_scope.cancel()
-        if outcome != "aborted":
+        headers = [*_SSE_HEADERS, _X_CACHE[stream.status]]
+        status, outcome = await send_stream(stream, receive, send, self.metrics, path, headers)
+        if status == 200 and outcome != "aborted":
             self._log(stream.status, path, started)
-        return 200, outcome
-
-    async def _upstream_failed(self, exc: SGLangError, send: Send) -> tuple[int, str]:
-        if isinstance(exc, APIStatusError):
-            self.metrics.upstream_error("status")
-            body = exc.body
-            if isinstance(body, (dict, list)):
-                await send_json(send, exc.status_code, body)
-            else:
-                text = str(body if body is not None else exc).encode()
-                content_type = (b"content-type", b"text/plain; charset=utf-8")
-                await send_bytes(send, exc.status_code, text, [content_type])
-            return exc.status_code, "error"
-        if isinstance(exc, APITimeoutError):
-            self.metrics.upstream_error("timeout")
-            message = f"The upstream SGLang server timed out: {exc}"
-            await send_json(send, 504, error_body(504, message, "Gateway Timeout"))
-            return 504, "error"
-        self.metrics.upstream_error("connect")
-        message = f"The upstream SGLang server is unreachable or failed: {exc}"
-        await send_json(send, 502, error_body(502, message, "Bad Gateway"))
-        return 502, "error"
+        return status, outcome
 
     def _log(self, status: CacheStatus, path: str, started: float) -> None:
         if not self.config.quiet:
@@ -418,10 +386,11 @@ class ProxyApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.warm_up()
-                # Everything imported and built so far lives as long as the process: keep the
-                # collector from re-scanning it on every full collection.
-                gc.collect()
-                gc.freeze()
+                if self.config.freeze_gc:
+                    # Everything imported and built so far lives as long as the process: keep
+                    # the collector from re-scanning it on every full collection.
+                    gc.collect()
+                    gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -455,19 +424,6 @@ class ProxyApp:
         finally:
             await self.passthrough.aclose()
             await self.cached.client.aclose()
-
-
-async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Stop the stream when the client hangs up: nothing is generated for nobody, nor stored."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
-
-
-async def _close(stream: CachedStream) -> None:
-    # Shielded: closing releases the key's lock (a Redis call) even when the request was cancelled.
-    with anyio.CancelScope(shield=True):
-        await stream.aclose()
 
 
 def create_app(cached: CachedClient, config: ProxyConfig | Mapping[str, Any]) -> ProxyApp:

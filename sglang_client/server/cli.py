@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from sglang_client.cache.stores._sqlite_schema import database_path, not_a_cache_file, private_dirs
+
 if TYPE_CHECKING:
     from sglang_client.cache.stores.base import CacheStore
 
@@ -55,7 +57,7 @@ def build_store(
     from sglang_client.cache import MemoryStore, RedisStore, SQLiteStore
 
     if spec == "sqlite":
-        return SQLiteStore(_database_path(cache_path), ttl=ttl, max_entries=max_entries)
+        return SQLiteStore(database_path(cache_path), ttl=ttl, max_entries=max_entries)
     if spec == "memory":
         return MemoryStore(max_entries=max_entries, ttl=ttl)
     if spec.startswith(("redis://", "rediss://", "unix://")):
@@ -68,11 +70,22 @@ def build_store(
     raise SystemExit(f"sglang-cached: --store must be sqlite, memory or redis://..., not {spec!r}")
 
 
-def _database_path(cache_path: str) -> str:
-    """``cache_path`` itself if it is a file, else ``<cache_path>/cache.db``."""
-    if os.path.isfile(cache_path):
-        return cache_path
-    return os.path.join(cache_path, "cache.db")
+def _check_cache_path(cache_path: str) -> None:
+    """Refuse (exit 2, one line) a ``--cache-path`` that is not, and cannot become, a cache.
+
+    An existing file that is not a SQLite database is never touched; the directory of a new
+    one is created now (0700), so that a path that cannot exist fails here and not later.
+    """
+    database = database_path(cache_path)
+    problem = not_a_cache_file(database)
+    if problem is None:
+        try:
+            private_dirs(database.parent)
+        except OSError as exc:
+            problem = f"cannot create {database.parent}: {exc.strerror or exc}"
+    if problem is not None:
+        print(f"sglang-cached: --cache-path {cache_path}: {problem}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -120,9 +133,23 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=_port, default=30001, help="listen port (default 30001)")
     start.add_argument("--ttl", type=_positive(float), default=None, help="entry lifetime (s)")
     start.add_argument("--max-entries", type=_positive(int), default=None, help="LRU bound")
-    start.add_argument("--api-key", default=None, help="clients must send it as Bearer")
+    start.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="clients must send it as Bearer (repeat it to accept several keys)",
+    )
     start.add_argument("--upstream-api-key", default=None, help="sent to SGLang")
-    start.add_argument("--admin-key", default=None, help="required for POST /cache/clear")
+    start.add_argument(
+        "--admin-key",
+        default=None,
+        help="required for POST /cache/clear and SGLang's admin routes (/flush_cache, ...)",
+    )
+    start.add_argument(
+        "--isolate-by-key",
+        action="store_true",
+        help="a separate cache per bearer token (tenants never share answers)",
+    )
     start.add_argument(
         "--max-body-bytes", type=_positive(int), default=16 * 1024 * 1024, help="413 above"
     )
@@ -178,12 +205,7 @@ def _start(args: argparse.Namespace) -> int:
 
     _configure_logging(args.quiet)
     if args.store == "sqlite":
-        try:
-            if not os.path.isfile(args.cache_path):
-                os.makedirs(args.cache_path, exist_ok=True)
-        except OSError as exc:
-            message = f"sglang-cached: cannot use --cache-path {args.cache_path}: {exc}"
-            raise SystemExit(message) from exc
+        _check_cache_path(args.cache_path)
     store = build_store(args.store, args.cache_path, args.ttl, args.max_entries, args.redis_prefix)
     client = SGLangClient(
         args.sglang_url,
@@ -194,14 +216,16 @@ def _start(args: argparse.Namespace) -> int:
     cached = CachedClient(client, store, namespace=args.namespace)
     config = ProxyConfig(
         upstream_url=args.sglang_url,
-        api_key=args.api_key,
+        api_key=tuple(args.api_key) if args.api_key else None,
         upstream_api_key=args.upstream_api_key,
         admin_key=args.admin_key,
+        isolate_by_key=args.isolate_by_key,
         max_body_bytes=args.max_body_bytes,
         max_n=args.max_n,
         quiet=args.quiet,
         upstream_timeout=args.timeout,
         hit_memo_bytes=max(0, int(args.hit_memo_mb * 1024 * 1024)),
+        freeze_gc=True,
     )
     app = create_app(cached, config)
     print(
@@ -324,10 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.store == "sqlite":
-            database = _database_path(args.cache_path)
+            database = database_path(args.cache_path)
             if args.command == "import":
-                os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
-            elif not os.path.exists(database):
+                _check_cache_path(args.cache_path)
+            elif not database.exists():
                 print(f"sglang-cached: no cache at {args.cache_path}", file=sys.stderr)
                 return 1
         return asyncio.run(_offline(args))

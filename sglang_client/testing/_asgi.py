@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -105,18 +106,75 @@ def parse_json(body: bytes, *, required: bool = True) -> Any:
         return _raise_missing()
     try:
         text = body.decode()
-        return _decoder.decode(text)
+        value = _decoder.decode(text)
     except UnicodeDecodeError as exc:
-        error: dict[str, Any] = {"type": "json_invalid", "loc": ("body", exc.start)}
-        error.update({"msg": "JSON decode error", "input": {}})
-        error["ctx"] = {"error": "str is not valid UTF-8"}
-        raise validation_error([error]) from None
+        raise _json_invalid(exc.start, "str is not valid UTF-8") from None
     except ValueError as exc:
-        position = getattr(exc, "pos", 0)
-        reason = getattr(exc, "msg", str(exc))
-        error = {"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error"}
-        error.update({"input": {}, "ctx": {"error": reason}})
-        raise validation_error([error]) from None
+        raise _json_invalid(getattr(exc, "pos", 0), getattr(exc, "msg", str(exc))) from None
+    except RecursionError:
+        # orjson allows 1024 levels; Python's parser gives up a little earlier.
+        raise _json_invalid(_too_deep_at(text), "depth limit exceeded") from None
+    if "\\u" in text:
+        lone = _lone_surrogate(text)
+        if lone is not None:
+            raise _json_invalid(*lone) from None
+    return value
+
+
+def _json_invalid(position: int, reason: str) -> HTTPError:
+    error: dict[str, Any] = {"type": "json_invalid", "loc": ("body", position)}
+    error["msg"] = "JSON decode error"
+    error.update({"input": {}, "ctx": {"error": reason}})
+    return validation_error([error])
+
+
+_MAX_DEPTH = 1024
+# An escape sequence \\uXXXX not itself escaped (an even run of backslashes before it).
+_UNICODE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([0-9a-fA-F]{4})")
+
+
+def _too_deep_at(text: str) -> int:
+    """Where orjson stops a too-deeply nested document: just past its 1025th open bracket."""
+    depth = deepest = at = 0
+    in_string = escaped = False
+    for i, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, i + 1
+            if depth > _MAX_DEPTH:
+                return i + 1
+        elif char in "]}":
+            depth -= 1
+    return at
+
+
+def _lone_surrogate(text: str) -> tuple[int, str] | None:
+    """orjson's error for the first unpaired surrogate escape, as ``(position, reason)``."""
+    pending: int | None = None  # position of a high surrogate waiting for its low half
+    last_end = -1
+    for match in _UNICODE_ESCAPE.finditer(text):
+        code = int(match.group(1), 16)
+        start = match.end() - 6
+        if pending is not None and (start != last_end or not 0xDC00 <= code <= 0xDFFF):
+            return pending, "no low surrogate in string"
+        if pending is not None:
+            pending = None
+        elif 0xD800 <= code <= 0xDBFF:
+            pending = start
+        elif 0xDC00 <= code <= 0xDFFF:
+            return start, "invalid high surrogate in string"
+        last_end = match.end()
+    return (pending, "no low surrogate in string") if pending is not None else None
 
 
 def _raise_missing() -> Any:

@@ -65,7 +65,9 @@ def test_sigterm_finishes_in_flight_then_flushes_and_exits_0(
         # 2 s of generation (ignore_eos: a sampled answer could end at once): the request is in
         # flight when SIGTERM arrives.
         worker = threading.Thread(
-            target=lambda: result.update(r=proxy.generate("drain me", max_new_tokens=20, ignore_eos=True))
+            target=lambda: result.update(
+                r=proxy.generate("drain me", max_new_tokens=20, ignore_eos=True)
+            )
         )
         worker.start()
         deadline = time.monotonic() + 10

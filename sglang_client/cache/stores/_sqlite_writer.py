@@ -113,6 +113,7 @@ class SQLiteWriter(threading.Thread):
         self.touched: dict[str, float] = {}
         self.error: BaseException | None = None
         self.crash: BaseException | None = None
+        self.last_commit_ok = True
         self._conn = conn
         self._flush_interval = flush_interval
         self._max_batch = max_batch
@@ -200,12 +201,14 @@ class SQLiteWriter(threading.Thread):
             try:
                 stale = self._write(final, touches, clear, sweep)
                 conn.execute("COMMIT")
+                self.last_commit_ok = True
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except (sqlite3.Error, OSError) as exc:
             self.error = exc
+            self.last_commit_ok = False
             if clear is not None:
                 clear.error = exc
             stale = list(final)

@@ -130,6 +130,14 @@ class CacheStore(Protocol):
         """Writes acknowledged but not yet durable."""
         ...
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write reached the store (``False`` while writes keep failing).
+
+        For a write-behind store, the last commit; for the others, the last write call.
+        """
+        ...
+
     def lock(
         self, key: str, *, ttl: float = 30.0, timeout: float | None = None
     ) -> AbstractAsyncContextManager[None]:

@@ -22,7 +22,14 @@ from sglang_client.cache.stores._common import (
     dump_completions,
     load_request,
 )
-from sglang_client.cache.stores._sqlite_schema import open_database, read_page
+from sglang_client.cache.stores._sqlite_schema import (
+    database_path,
+    is_read_only_failure,
+    logger,
+    open_database,
+    open_read_only,
+    read_page,
+)
 from sglang_client.cache.stores._sqlite_view import FileView, Record
 from sglang_client.cache.stores._sqlite_writer import Clear, Delete, Flush, Put, SQLiteWriter
 from sglang_client.cache.stores.base import CacheEntry, StoreCounts, StoreError, dump_json
@@ -58,9 +65,17 @@ class SQLiteStore:
     overwritten); other processes may read it. ``lock()`` is an in-process lock (use
     ``RedisStore`` to coalesce across processes).
 
+    Files are private: a directory the store creates is 0700 and the database (with its
+    ``-wal`` and ``-shm``) 0600, whatever the umask; an existing file readable by others is
+    left as it is, with one warning. On read-only media (or a file this process may not write)
+    the store opens the database read-only and serves what it holds; ``read_only`` is then
+    true and appends are dropped (one warning says so).
+
     Args:
-        path: A database file, or a directory (then ``<dir>/cache.db``); ``~`` is expanded and
-            parent directories are created on first use.
+        path: A database file (a name ending in ``.db``, ``.sqlite`` or ``.sqlite3``, or an
+            existing file), or a directory (then ``<dir>/cache.db``: an existing directory, a
+            path ending in ``/``, or any other name); ``~`` is expanded and missing
+            directories are created on first use.
         ttl: Seconds after its last write at which an entry expires (``None``: never).
         max_entries: Keep at most this many keys, evicting the least recently used.
         flush_interval: Longest time (seconds) a write waits in the queue before its batch
@@ -102,11 +117,9 @@ class SQLiteStore:
             raise ValueError("flush_interval, read_cache_size >= 0; max_batch, max_pending >= 1")
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
             raise ValueError(f"SQLiteStore needs a file or directory path, got {str(path)!r}")
-        resolved = Path(path).expanduser()
-        if resolved.is_dir() or str(path).endswith(("/", os.sep)):
-            resolved = resolved / "cache.db"
-        self.path = resolved.absolute()
+        self.path: Path = database_path(path)
         self.location = str(self.path)
+        self.read_only = False
         self._ttl = ttl
         self._max_entries = max_entries
         self._flush_interval = flush_interval
@@ -121,6 +134,11 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.location!r})"
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the writer's last commit succeeded (``True`` before any)."""
+        return self._view is None or self._view.writer.last_commit_ok
 
     @property
     def pending_writes(self) -> int:
@@ -152,7 +170,7 @@ class SQLiteStore:
         rec = view.lookup(key)
         if rec is None or rec.completions is None:
             return None
-        if self._max_entries is not None:
+        if self._max_entries is not None and not self.read_only:
             # LRU needs reads to count; they reach the file lazily, with the next batch.
             touched = view.writer.touched
             touched[key] = time.time()
@@ -177,6 +195,9 @@ class SQLiteStore:
         texts = dump_completions(completions)
         request_text = None if request is None else dump_json(request, "the request")
         view = self._view or await self._open()
+        if self.read_only:
+            rec = view.lookup(key)  # nothing can be stored: said once, when it opened
+            return 0 if rec is None or rec.completions is None else rec.n
         view.check_writable(self._max_pending)
         rec = view.lookup(key)
         now = time.time()
@@ -205,6 +226,7 @@ class SQLiteStore:
         """Delete ``key``; return whether it existed."""
         check_key(key)
         view = self._view or await self._open()
+        self._refuse_if_read_only("delete an entry")
         view.check_writable(self._max_pending)
         rec = view.lookup(key)
         if rec is None or rec.completions is None:
@@ -216,6 +238,7 @@ class SQLiteStore:
     async def clear(self) -> int:
         """Delete every entry in the file; return how many live ones there were."""
         view = self._view or await self._open()
+        self._refuse_if_read_only("clear it")
         op = Clear(view.begin_clear())
         view.writer.urgent(op)
         await view.wait(op.done)
@@ -235,7 +258,7 @@ class SQLiteStore:
         cutoff = -1.0 if self._ttl is None else time.time() - self._ttl
         try:
             rows = await anyio.to_thread.run_sync(
-                read_page, self.path, self._busy_timeout, cutoff, limit, offset
+                read_page, self.path, self._busy_timeout, cutoff, limit, offset, self.read_only
             )
         except sqlite3.Error as exc:
             raise StoreError(f"listing {self.location} failed: {exc}") from exc
@@ -281,25 +304,54 @@ class SQLiteStore:
             if self._closed:
                 raise StoreError(f"SQLiteStore({self.location!r}) is closed")
             if self._view is None:
-                try:
-                    lru, ttl = self._max_entries is not None, self._ttl is not None
-                    conn, reader = await anyio.to_thread.run_sync(
-                        open_database, self.path, self._busy_timeout, lru, ttl
-                    )
-                except (sqlite3.Error, OSError) as exc:
-                    raise StoreError(f"cannot open cache database {self.location}: {exc}") from exc
+                conn, reader = await self._connect()
+                # Read-only: no eviction or expiry sweeps, which would write.
+                writable = not self.read_only
                 writer = SQLiteWriter(
                     conn,
                     flush_interval=self._flush_interval,
                     max_batch=self._max_batch,
-                    max_entries=self._max_entries,
-                    ttl=self._ttl,
+                    max_entries=self._max_entries if writable else None,
+                    ttl=self._ttl if writable else None,
                 )
                 writer.start()
                 self._view = FileView(
                     reader, writer, self._ttl, self._read_cache_size, self.location
                 )
             return self._view
+
+    async def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """(writer, reader) connections; read-only ones if the file cannot be written."""
+        lru, ttl = self._max_entries is not None, self._ttl is not None
+        try:
+            return await anyio.to_thread.run_sync(
+                open_database, self.path, self._busy_timeout, lru, ttl
+            )
+        except (sqlite3.Error, OSError) as exc:
+            failure = exc
+        if self.path.is_file() and is_read_only_failure(failure):
+            try:
+                # Two connections, as when writable: one for the writer thread, one for reads.
+                conn = await anyio.to_thread.run_sync(open_read_only, self.path, self._busy_timeout)
+                reader = await anyio.to_thread.run_sync(
+                    open_read_only, self.path, self._busy_timeout
+                )
+            except (sqlite3.Error, OSError):
+                pass
+            else:
+                self.read_only = True
+                logger.warning(
+                    "cache database %s is read-only (%s): serving what it holds, storing nothing"
+                    " new",
+                    self.location,
+                    failure,
+                )
+                return conn, reader
+        raise StoreError(f"cannot open cache database {self.location}: {failure}") from failure
+
+    def _refuse_if_read_only(self, action: str) -> None:
+        if self.read_only:
+            raise StoreError(f"cannot {action}: {self.location} is read-only")
 
     async def _flushed(self, *, sweep: bool) -> FileView:
         view = self._view or await self._open()
