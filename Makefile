@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-real lint bench clean
+.PHONY: demo test test-real lint bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/prefix_tree.py --quick
 	$(PY) benchmarks/cache.py
 	$(PY) benchmarks/proxy.py --quick
+
+# The long hardening runs: a 5-minute soak, 10 kill -9 rounds, 2000 fuzzed requests per target.
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py --seconds 300
+	SGLANG_CRASH_ROUNDS=10 FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider \
+		tests/integration/test_proxy_crash.py tests/unit/test_fuzz.py
 
 clean:
 	rm -rf $(VENV)

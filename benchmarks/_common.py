@@ -46,10 +46,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_process(
-    args: Sequence[str], url: str, timeout: float = 30.0
+    args: Sequence[str], url: str, timeout: float = 30.0, log: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python ARGS`` until ``url`` answers 200; yield the process (pid, CPU time); stop it."""
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL)
+    """Run ``python ARGS`` until ``url`` answers 200; yield the process (pid, CPU time); stop it.
+
+    ``log``: a file for its stderr (default: this process's stderr).
+    """
+    err = log.open("wb") if log is not None else None
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -72,6 +76,8 @@ def serve_process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        if err is not None:
+            err.close()
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -30,6 +30,7 @@ from sglang_client.errors import SGLangError
 from sglang_client.server._admin import AdminRoutes
 from sglang_client.server._asgi import (
     JSON_TYPE,
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Message,
@@ -39,6 +40,7 @@ from sglang_client.server._asgi import (
     Send,
     dumps,
     error_body,
+    limit_body_time,
     read_body,
     replay,
     send_bytes,
@@ -102,6 +104,7 @@ class ProxyConfig:
             routes (cached routes use the ``SGLangClient``'s timeout).
         hit_memo_bytes: memory for pre-encoded hits of repeated requests (0 disables; see
             ``_hits``).
+        body_timeout: seconds a client has to send its whole request body, then 408.
         freeze_gc: at startup, move everything built so far out of the garbage collector's
             full scans (``gc.freeze``). A process-wide choice: ``sglang-cached`` makes it, an
             app embedding the proxy should not (it also blinds ``gc.get_referrers``).
@@ -117,6 +120,7 @@ class ProxyConfig:
     quiet: bool = False
     upstream_timeout: float = 600.0
     hit_memo_bytes: int = 32 * 1024 * 1024
+    body_timeout: float = 60.0
     freeze_gc: bool = False
 
     @property
@@ -158,6 +162,7 @@ class ProxyApp:
             return
         started = time.perf_counter()
         path: str = scope["path"]
+        receive = limit_body_time(receive, self.config.body_timeout)
         try:
             refused = check_path(path, scope.get("raw_path"), scope.get("query_string", b""))
             if refused is not None:
@@ -173,6 +178,11 @@ class ProxyApp:
                     return  # served and counted
                 receive = replay(read, receive)
             status, cache = await self._dispatch(scope, receive, send, path)
+        except BodyTimeout:
+            status, cache = 408, "rejected"
+            message = f"The request body did not arrive within {self.config.body_timeout:g} s."
+            with contextlib.suppress(Exception):
+                await send_json(send, 408, error_body(408, message, "Request Timeout"))
         except Exception as exc:
             # A bug of ours, never a client's mistake: say so, and keep serving.
             logger.exception("proxy error on %s %s", scope["method"], path)

@@ -172,6 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         default=32.0,
         help="memory for pre-encoded hits of repeated requests, in MiB (0 disables; default 32)",
     )
+    start.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=60.0,
+        help="seconds a client has to send its request body, then 408 (default 60)",
+    )
     start.add_argument("--quiet", action="store_true", help="no per-request log lines")
 
     sub.add_parser("stats", parents=[common], help="print what the cache holds")
@@ -225,6 +231,7 @@ def _start(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         upstream_timeout=args.timeout,
         hit_memo_bytes=max(0, int(args.hit_memo_mb * 1024 * 1024)),
+        body_timeout=args.body_timeout,
         freeze_gc=True,
     )
     app = create_app(cached, config)
