@@ -266,7 +266,7 @@ def run_soak(
     """Run the soak; return the figures (see the module docstring)."""
     import aiohttp
 
-    share = fault_rate / 4
+    share = fault_rate / 3  # of upstream requests: 503s, 500s, cuts; stalls come on top
     tmp = Path(tempfile.mkdtemp(prefix="sglang-soak-"))
     with FakeSGLangServer(
         seed=7,
@@ -295,7 +295,7 @@ def run_soak(
             def sample() -> None:
                 while not stop.wait(1.0):
                     rss.append(_rss_mb(proc.pid))
-                    if random.random() < share:  # a stall past the proxy's --timeout
+                    if random.random() < 0.05:  # now and then, a stall past the --timeout
                         fake.app.faults.fail_next(1, "hang")
 
             sampler = threading.Thread(target=sample, daemon=True)
@@ -322,6 +322,7 @@ def run_soak(
             sampler.join(5)
             rss.append(_rss_mb(proc.pid))
             injected = sum(fake.app.faults.injected.values())
+            upstream_requests = sum(fake.app.stats.requests.values())
     entries, bad_stored = asyncio.run(_store_problems(tmp / "cache.db"))
     requests = sum(tally.outcomes.values())
     relayed = sum(v for k, v in tally.errors.items() if k.startswith("relayed"))
@@ -338,6 +339,7 @@ def run_soak(
         "proxy_errors": proxy_errors,
         "relayed_errors": relayed,
         "injected_faults": injected,
+        "upstream_requests": upstream_requests,
         "wrong": tally.wrong,
         "entries": entries,
         "bad_stored": bad_stored,
@@ -374,7 +376,12 @@ def main() -> int:
     rows = [
         ["requests", f"{result['requests']:,}"],
         *[[f"  {k}", f"{v:,}"] for k, v in sorted(result["outcomes"].items())],
-        ["upstream faults injected", f"{result['injected_faults']:,}"],
+        [
+            "upstream faults injected",
+            f"{result['injected_faults']:,}"
+            f" ({result['injected_faults'] / max(1, result['upstream_requests']):.1%}"
+            " of upstream requests)",
+        ],
         ["errors relayed from upstream faults", f"{result['relayed_errors']:,}"],
         ["errors caused by the proxy", f"{result['proxy_errors']:,}"],
         *[[f"  {k}", f"{v:,}"] for k, v in sorted(result["errors"].items())],

@@ -196,8 +196,9 @@ class OpenAIRecorder:
             text = "".join(self._text.get(i, []))
             if self._chat:
                 reasoning = "".join(self._reasoning[i]) if i in self._reasoning else None
+                # As SGLang answers: no tool_calls key (streams with tool calls are not stored).
                 message = {"role": "assistant", "content": text, "reasoning_content": reasoning}
-                body: JSON = {"message": {**message, "tool_calls": None}}
+                body: JSON = {"message": message}
             else:
                 body = {"text": text}
             choices.append(

@@ -183,8 +183,15 @@ def assemble_openai(records: Sequence[Mapping[str, Any]], obj: str, model: objec
                 {"reasoning_tokens": reasoning_tokens} if reasoning_tokens else None
             ),
         },
-        "metadata": envelope.get("metadata", {"weight_version": "default"}),
+        "metadata": envelope.get("metadata") or _metadata(records),
     }
+
+
+def _metadata(records: Sequence[Mapping[str, Any]]) -> JSON:
+    """SGLang's ``metadata`` for an answer rebuilt from a stream (which does not carry it)."""
+    end = int(records[0].get("completion_tokens") or 0)
+    versions = [{"version": "default", "start": 0, "end": end}]
+    return {"weight_version": "default", "weight_versions": versions}
 
 
 def chat_replayable(records: Sequence[Mapping[str, Any]]) -> bool:

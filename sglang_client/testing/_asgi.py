@@ -54,11 +54,18 @@ def dumps(obj: object) -> bytes:
 class HTTPError(Exception):
     """An HTTP error response, raised anywhere in a handler and sent by the app."""
 
-    def __init__(self, status: int, body: object, content_type: bytes = JSON_TYPE) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: object,
+        content_type: bytes = JSON_TYPE,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.body = body if isinstance(body, bytes) else dumps(body)
         self.content_type = content_type
+        self.headers = headers or []
 
 
 def flat_error(message: str, type_: str, code: int) -> dict[str, Any]:
@@ -210,12 +217,18 @@ async def read_body(receive: Receive) -> bytes:
 
 
 async def send_bytes(
-    send: Send, status: int, body: bytes, content_type: bytes | None = JSON_TYPE
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes | None = JSON_TYPE,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Send a complete response (``content_type=None`` for an empty body without a type)."""
+    """Send a complete response (``content_type=None``: no content type, as some routes)."""
     headers = [(b"content-length", str(len(body)).encode())]
     if content_type is not None:
         headers.append((b"content-type", content_type))
+    if extra:
+        headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -27,7 +27,13 @@ from sglang_client.testing._tokenizer import Tokenizer
 
 __all__ = ["ABORTED", "Engine", "FakeServerStats", "Run", "Sub", "new_rid"]
 
-ABORTED: dict[str, Any] = {"type": "abort", "message": "Aborted"}
+# SGLang's FINISH_ABORT.to_json(): all four keys, status and error type null for a plain abort.
+ABORTED: dict[str, Any] = {
+    "type": "abort",
+    "message": "Aborted",
+    "status_code": None,
+    "err_type": None,
+}
 _RID_RNG = random.Random()
 
 
@@ -45,6 +51,10 @@ class FakeServerStats:
 
     requests: Counter[str] = field(default_factory=Counter)
     """Requests per path (every route, also errors)."""
+    http: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Requests per (path, method), as ``sglang:http_requests_total`` counts them."""
+    streamed: Counter[str] = field(default_factory=Counter)
+    """The streamed share of ``completions_generated``, ``prompt_tokens``, ``generation_tokens``."""
     generate_requests: int = 0
     chat_completion_requests: int = 0
     completion_requests: int = 0
@@ -79,6 +89,7 @@ class Sub:
     sent_ids: int = 0
     chunks: int = 0
     logprobs: LogprobTracker | None = None
+    first_sent: float | None = None  # when its first chunk went out (SGLang repeats it last)
 
 
 @dataclass(slots=True, eq=False)
@@ -87,12 +98,20 @@ class Run:
 
     subs: list[Sub]
     started: float = field(default_factory=time.perf_counter)
+    received: float = field(default_factory=time.time)  # wall clock, for the telemetry
+    first_token: float | None = None  # wall clock of the first generated token
     wake: anyio.Event | None = None
     booked: bool = False
+    stream: bool = False  # answered as SSE (metrics split by it)
 
     def elapsed(self) -> float:
         """Seconds since the request arrived (``e2e_latency``)."""
         return time.perf_counter() - self.started
+
+    def mark_progress(self) -> None:
+        """Note the first token's time (the end of prefill)."""
+        if self.first_token is None:
+            self.first_token = time.time()
 
 
 class Engine:
@@ -212,6 +231,7 @@ class Engine:
     def advance(run: Run) -> list[Sub]:
         """Advance every unfinished sub-request by one token; return those that moved."""
         moved: list[Sub] = []
+        run.mark_progress()
         for sub in run.subs:
             if sub.done:
                 continue
@@ -228,6 +248,7 @@ class Engine:
     @staticmethod
     def run_to_end(run: Run) -> None:
         """Generate everything at once (no latency configured, so nothing can abort)."""
+        run.mark_progress()
         for sub in run.subs:
             gen = sub.gen
             while gen.finish_reason is None:
@@ -288,6 +309,10 @@ class Engine:
             stats.completions_generated += 1
             stats.prompt_tokens += len(sub.prompt_ids)
             stats.generation_tokens += len(output)
+            if run.stream:
+                stats.streamed["completions_generated"] += 1
+                stats.streamed["prompt_tokens"] += len(sub.prompt_ids)
+                stats.streamed["generation_tokens"] += len(output)
             stats.cached_tokens += sub.cached_tokens
             finish = sub.gen.finish_reason
             if finish is not None and finish["type"] == "abort":

@@ -120,6 +120,7 @@ async def reset_connection(send: Any) -> bool:
     Works with uvicorn, whose ``send`` is a method of the request cycle holding the transport.
     Returns ``False`` when the transport is not reachable (another server).
     """
+    send = getattr(send, "__wrapped__", send)  # under the app's header wrapper
     cycle = getattr(send, "__self__", None)
     transport = getattr(cycle, "transport", None)
     if transport is None:

@@ -90,6 +90,7 @@ class NativeGenerate:
             return
         try:
             run, is_array = self._plan(data)
+            run.stream = stream
         except SessionError as exc:
             await self._session_abort(send, data, stream, str(exc))
             return
@@ -252,23 +253,54 @@ class NativeGenerate:
         self, sub: Sub, run: Run, *, final: bool, first: bool, lp_start: int = 0
     ) -> dict[str, Any]:
         gen = sub.gen
+        completion = len(gen.output_ids)
+        # SGLang's keys in its order; the timing telemetry only with --enable-metrics (§2).
+        timed = self.config.enable_metrics
+        received = run.received
+        prefilled = run.first_token or time.time()
         meta: dict[str, Any] = {
             "id": sub.rid,
             "finish_reason": gen.finish_reason if final else None,
             "prompt_tokens": len(sub.prompt_ids),
             "weight_version": self.config.weight_version,
             "num_retractions": 0,
-            "reasoning_tokens": 0,
-            "completion_tokens": len(gen.output_ids),
-            "cached_tokens": sub.cached_tokens,
         }
+        if timed:
+            meta.update(
+                storage_prefetch_wait=0.0,
+                storage_staging_wait=0.0,
+                forward_entry_time=received,
+                prefill_finished_time=prefilled,
+                queue_time=0.0,
+            )
+        meta["reasoning_tokens"] = 0
+        meta["completion_tokens"] = completion
+        meta["cached_tokens"] = sub.cached_tokens
+        if final:
+            meta["weight_versions"] = [
+                {"version": self.config.weight_version, "start": 0, "end": completion}
+            ]
+        cached = sub.cached_tokens
+        meta["cached_tokens_details"] = {"device": cached, "host": 0} if cached else None
+        meta["dp_rank"] = None
         if sub.logprobs is not None:
             sub.logprobs.extend(gen.output_ids)
             meta.update(sub.logprobs.meta(lp_start))
+        now = time.time()
         if final:
             meta["e2e_latency"] = run.elapsed()
-        if first:
-            meta["response_sent_to_client_ts"] = time.time()
+            if timed:
+                meta["request_received_ts"] = received
+                meta["first_token_latency"] = prefilled - received
+                meta["api_server_dispatch_finish_ts"] = received
+        if first or final:
+            if sub.first_sent is None:
+                sub.first_sent = now
+            meta["response_sent_to_client_ts"] = sub.first_sent
+        if final and timed:
+            meta["request_finished_ts"] = now
+            if completion > 1:  # only once there were decode steps
+                meta["decode_throughput"] = (completion - 1) / max(now - prefilled, 1e-6)
         return meta
 
     def _object(
@@ -420,6 +452,7 @@ class NativeGenerate:
     async def _queue_full(self, send: Send, data: dict[str, Any], stream: bool) -> None:
         if not stream:
             raise HTTPError(503, flat_error(QUEUE_FULL, "503", 503))
+        # The scheduler's own dict for a full queue (scheduler.py): no err_type key.
         finish = {"type": "abort", "status_code": 503, "message": QUEUE_FULL}
         await start_sse(send)
         event = sse_event(self._abort_object(data, finish))

@@ -26,6 +26,8 @@ from sglang_client.testing._asgi import (
 )
 from sglang_client.testing._engine import Engine, Run, Sub
 from sglang_client.testing._native import QUEUE_FULL, FaultDraw, NativeGenerate
+from sglang_client.testing._openai_fields import CHAT_FIELDS, COMPLETION_FIELDS, SAMPLING_MAP
+from sglang_client.testing._openai_logprobs import attach, chat_logprobs, completion_logprobs
 from sglang_client.testing._params import (
     SamplingParams,
     coerce,
@@ -36,56 +38,6 @@ from sglang_client.testing._params import (
 __all__ = ["OpenAIRoutes", "require_json_content_type"]
 
 
-_COMMON_FIELDS: dict[str, Any] = {
-    "model": "str",
-    "max_tokens": "int",
-    "temperature": "float",
-    "top_p": "float",
-    "top_k": "int",
-    "min_p": "float",
-    "n": "int",
-    "stream": "bool",
-    "stop": ("union", (("list", "str"), "str")),
-    "stop_token_ids": ("list", "int"),
-    "seed": "int",
-    "min_tokens": "int",
-    "ignore_eos": "bool",
-    "no_stop_trim": "bool",
-    "skip_special_tokens": "bool",
-    "frequency_penalty": "float",
-    "presence_penalty": "float",
-    "repetition_penalty": "float",
-    "logit_bias": "dict",
-    "stream_options": "dict",
-    "rid": "str",
-}
-_CHAT_FIELDS = {**_COMMON_FIELDS, "messages": ("list", "dict"), "max_completion_tokens": "int"}
-_COMPLETION_FIELDS = {
-    **_COMMON_FIELDS,
-    "prompt": (
-        "union",
-        (("list", ("list", "int")), ("list", "int"), ("list", "str"), "str"),
-    ),
-}
-# OpenAI name -> SGLang sampling key.
-_SAMPLING_MAP = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "n": "n",
-    "stop": "stop",
-    "stop_token_ids": "stop_token_ids",
-    "seed": "sampling_seed",
-    "min_tokens": "min_new_tokens",
-    "ignore_eos": "ignore_eos",
-    "no_stop_trim": "no_stop_trim",
-    "skip_special_tokens": "skip_special_tokens",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-    "repetition_penalty": "repetition_penalty",
-    "logit_bias": "logit_bias",
-}
 _FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
@@ -179,7 +131,7 @@ class OpenAIRoutes:
 
     def _params(self, data: dict[str, Any], max_tokens: int | None) -> SamplingParams:
         raw: dict[str, Any] = {"max_new_tokens": max_tokens}
-        for name, key in _SAMPLING_MAP.items():
+        for name, key in SAMPLING_MAP.items():
             if data.get(name) is not None:
                 raw[key] = data[name]
         try:
@@ -249,7 +201,7 @@ class OpenAIRoutes:
         self, scope: Scope, receive: Receive, send: Send, body: bytes, draw: FaultDraw
     ) -> None:
         """Serve ``POST /v1/chat/completions``."""
-        data = self._body(scope, body, _CHAT_FIELDS, "ChatCompletionRequest")
+        data = self._body(scope, body, CHAT_FIELDS, "ChatCompletionRequest")
         if data.get("messages") is None:
             missing = {"type": "missing", "loc": ("body", "messages"), "msg": "Field required"}
             raise validation_error([{**missing, "input": data}])
@@ -264,6 +216,9 @@ class OpenAIRoutes:
             max_tokens = data.get("max_tokens")
         params = self._params(data, max_tokens)
         run = self._start([prompt], params, data.get("rid"))
+        run.stream = stream
+        if data.get("logprobs"):
+            attach(run, self.tokenizer, int(data.get("top_logprobs") or 0))
         model = data.get("model") or "default"
         created = int(time.time())
         try:
@@ -278,7 +233,7 @@ class OpenAIRoutes:
                     model,
                     created,
                     params.n,
-                    _chat_message,
+                    lambda sub: {"message": _message(sub), "logprobs": chat_logprobs(sub)},
                     fault,
                 )
         finally:
@@ -305,11 +260,12 @@ class OpenAIRoutes:
                 {
                     "index": sub.index,
                     **content(sub),
-                    "logprobs": None,
                     "finish_reason": reason,
                     "matched_stop": matched,
                 }
             )
+        version = self.config.weight_version
+        end = len(run.subs[0].gen.output_ids)
         response = {
             "id": run.subs[0].rid,
             "object": obj,
@@ -317,7 +273,10 @@ class OpenAIRoutes:
             "model": model,
             "choices": choices,
             "usage": self.usage(run, n),
-            "metadata": {"weight_version": self.config.weight_version},
+            "metadata": {
+                "weight_version": version,
+                "weight_versions": [{"version": version, "start": 0, "end": end}],
+            },
         }
         await self.native.send_final(send, response, fault)
 
@@ -331,11 +290,13 @@ class OpenAIRoutes:
         created: int,
         fault: str | None,
     ) -> None:
-        def chunk(sub: Sub, delta: dict[str, Any], reason: str | None, matched: Any) -> bytes:
+        def chunk(
+            sub: Sub, delta: dict[str, Any], reason: str | None, matched: Any, logprobs: Any = None
+        ) -> bytes:
             choice = {
                 "index": sub.index,
                 "delta": delta,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": reason,
                 "matched_stop": matched,
             }
@@ -358,8 +319,10 @@ class OpenAIRoutes:
             text = sub.gen.visible_text()
             if len(text) > sub.sent_chars:
                 delta = {"reasoning_content": None, "content": text[sub.sent_chars :]}
-                out.append(chunk(sub, delta, None, None))
-                sub.sent_chars = len(text)
+                tokens = len(sub.gen.output_ids)
+                logprobs = chat_logprobs(sub, sub.sent_ids, tokens)
+                out.append(chunk(sub, delta, None, None, logprobs))
+                sub.sent_chars, sub.sent_ids = len(text), tokens
             if sub.done:
                 reason, matched = _finish(sub)
                 out.append(chunk(sub, {"reasoning_content": None}, reason, matched))
@@ -389,7 +352,7 @@ class OpenAIRoutes:
         self, scope: Scope, receive: Receive, send: Send, body: bytes, draw: FaultDraw
     ) -> None:
         """Serve ``POST /v1/completions``."""
-        data = self._body(scope, body, _COMPLETION_FIELDS, "CompletionRequest")
+        data = self._body(scope, body, COMPLETION_FIELDS, "CompletionRequest")
         max_tokens = data.get("max_tokens", 16)
         if max_tokens is not None and max_tokens <= 0:
             error = {
@@ -407,11 +370,24 @@ class OpenAIRoutes:
         prompts = self._completion_prompts(data.get("prompt"))
         params = self._params(data, max_tokens)
         run = self._start(prompts, params, data.get("rid"))
+        run.stream = stream
+        echo = bool(data.get("echo"))
+        if data.get("logprobs") is not None:
+            attach(run, self.tokenizer, int(data["logprobs"]), echo)
+        # echo: each choice's text starts with its prompt, as SGLang sends it.
+        echoed = [self.tokenizer.decode(p) if echo else "" for p in prompts]
         model = data.get("model") or "default"
         created = int(time.time())
+
+        def content(sub: Sub) -> dict[str, Any]:
+            text = echoed[sub.index // params.n] + sub.gen.text
+            return {"text": text, "logprobs": completion_logprobs(sub, echo=echo)}
+
         try:
             if stream:
-                await self._completion_stream(receive, send, run, data, model, created, fault)
+                await self._completion_stream(
+                    receive, send, run, data, model, created, fault, echoed
+                )
             else:
                 await self._send_whole(
                     receive,
@@ -421,7 +397,7 @@ class OpenAIRoutes:
                     model,
                     created,
                     params.n,
-                    _completion_text,
+                    content,
                     fault,
                 )
         finally:
@@ -436,20 +412,29 @@ class OpenAIRoutes:
         model: str,
         created: int,
         fault: str | None,
+        echoed: list[str],
     ) -> None:
+        n = self._n(run)
+        echo = bool(data.get("echo"))
+
         def events(sub: Sub) -> list[bytes]:
             text = sub.gen.visible_text()
             if len(text) == sub.sent_chars and not sub.done:
                 return []
             reason, matched = _finish(sub) if sub.done else (None, None)
+            first = sub.chunks == 0
+            sub.chunks += 1
+            tokens = len(sub.gen.output_ids)
+            logprobs = completion_logprobs(sub, sub.sent_ids, tokens, echo=echo and first)
+            prefix = echoed[sub.index // n] if first else ""
             choice = {
                 "index": sub.index,
-                "text": text[sub.sent_chars :],
-                "logprobs": None,
+                "text": prefix + text[sub.sent_chars :],
+                "logprobs": logprobs,
                 "finish_reason": reason,
                 "matched_stop": matched,
             }
-            sub.sent_chars = len(text)
+            sub.sent_chars, sub.sent_ids = len(text), tokens
             chunk = {
                 "id": sub.rid,
                 "object": "text_completion",
@@ -475,10 +460,6 @@ class OpenAIRoutes:
         await send({"type": "http.response.body", "body": tail + DONE_EVENT})
 
 
-def _chat_message(sub: Sub) -> dict[str, Any]:
-    message = {"role": "assistant", "content": sub.gen.text, "reasoning_content": None}
-    return {"message": {**message, "tool_calls": None}}
-
-
-def _completion_text(sub: Sub) -> dict[str, Any]:
-    return {"text": sub.gen.text}
+def _message(sub: Sub) -> dict[str, Any]:
+    # No tool_calls key unless there are tool calls: SGLang leaves it out.
+    return {"role": "assistant", "content": sub.gen.text, "reasoning_content": None}

@@ -6,7 +6,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sglang_client.testing._asgi import (
-    TEXT_TYPE,
     HTTPError,
     Receive,
     Scope,
@@ -34,21 +33,65 @@ _FLUSHED = (
     b"waiting requests, the operation will not be performed.)\n"
 )
 _OPEN_SESSION = {"capacity_of_str_len": "int", "session_id": "str", "timeout": "float"}
-_METRICS = (
-    ("prompt_tokens_total", "counter", "Number of prefill tokens processed."),
-    ("generation_tokens_total", "counter", "Number of generation tokens processed."),
-    ("cached_tokens_total", "counter", "Number of cached prompt tokens."),
-    ("num_requests_total", "counter", "Number of requests processed."),
-    ("num_aborted_requests_total", "counter", "Number of requests aborted."),
-    ("http_requests_total", "counter", "Number of HTTP requests received."),
+# SGLang 0.5.23's families the fake keeps, with its help texts; label sets as it sends them.
+_METRICS: tuple[tuple[str, str, str], ...] = (
     ("num_running_reqs", "gauge", "The number of running requests."),
     ("num_queue_reqs", "gauge", "The number of requests in the waiting queue."),
+    ("gen_throughput", "gauge", "The generation throughput (token/s)."),
     ("cache_hit_rate", "gauge", "The prefix cache hit rate."),
+    ("token_usage", "gauge", "The token usage."),
+    ("max_total_num_tokens", "gauge", "Maximum total number of tokens in the KV cache pool."),
+    ("kv_cache_memory_usage_gb", "gauge", "Memory used by the KV cache pools in GB."),
+    ("http_requests_total", "counter", "Total number of HTTP requests by endpoint and method"),
+    ("prompt_tokens_total", "counter", "Number of prefill tokens processed."),
+    ("generation_tokens_total", "counter", "Number of generation tokens processed."),
+    ("num_requests_total", "counter", "Number of requests processed."),
+    (
+        "cached_tokens_total",
+        "counter",
+        "Number of cached prompt tokens by source (device/host/storage).",
+    ),
+    ("num_aborted_requests_total", "counter", "Number of requests aborted."),
 )
 
 
 async def _empty(send: Send, status: int = 200) -> None:
     await send_bytes(send, status, b"", None)
+
+
+# What /model_info says of a generation model's embedding support (SGLang 0.5.23).
+_NO_EMBEDDING: dict[str, Any] = {
+    "family": "none",
+    "task": "none",
+    "execution": "none",
+    "attention": "none",
+    "pooling": "model_defined",
+    "normalize": False,
+    "postprocessor": "none",
+    "tokenizer_special_tokens": "model_default",
+    "supports_dimensions": False,
+    "supports_token_embeddings": False,
+    "supports_multimodal": False,
+    "requires_embedding_flag": False,
+    "auto_enable_embedding": False,
+    "bcg_eligibility": "disabled",
+    "safe_disable_kv_cache": False,
+    "safe_disable_radix_cache": False,
+    "safe_disable_chunked_prefill": False,
+    "enabled": False,
+    "matryoshka_dimensions": [],
+    "bcg": {
+        "prefill_backend": "disabled",
+        "enabled": False,
+        "capture_token_budget": 4096,
+        "capture_batch_sizes": [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+    },
+    "cache": {
+        "kv_cache_disabled": False,
+        "radix_cache_disabled": False,
+        "chunked_prefill_disabled": False,
+    },
+}
 
 
 class MiscRoutes:
@@ -88,6 +131,7 @@ class MiscRoutes:
                 "has_audio_understanding": False,
                 "model_type": "fake",
                 "architectures": ["FakeForCausalLM"],
+                "embedding": _NO_EMBEDDING,
             },
         )
 
@@ -105,7 +149,9 @@ class MiscRoutes:
                 "served_model_name": config.model_name,
                 "host": host,
                 "port": port,
-                "context_length": config.context_length,
+                # A server argument: null unless given on the command line (the model's own
+                # length is in /v1/models' max_model_len).
+                "context_length": None,
                 "incremental_streaming_output": config.incremental_streaming_output,
                 "stream_interval": config.stream_interval,
                 "enable_metrics": config.enable_metrics,
@@ -116,28 +162,32 @@ class MiscRoutes:
                 "skip_tokenizer_init": False,
                 "max_total_num_tokens": config.radix_cache_tokens,
                 "max_req_input_len": config.context_length - 1,
-                "vocab_size": self.tokenizer.vocab_size,
                 "launch_command": "python -m sglang_client.testing",
                 "internal_states": [
                     {
                         "last_gen_throughput": stats.generation_tokens / elapsed,
-                        "num_running_reqs": len(self.engine.inflight),
-                        "cached_tokens": self.engine.cache.total_tokens,
+                        "memory_usage": {
+                            "weight": 0.0,
+                            "kvcache": 0.0,
+                            "token_capacity": config.radix_cache_tokens,
+                            "token_capacity_swa": None,
+                        },
+                        "effective_max_running_requests_per_dp": 4096,
                     }
                 ],
                 "version": SGLANG_VERSION,
                 "frontend": "python",
-                "fake": True,
             },
         )
 
     async def flush_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``/flush_cache``: text/plain; refused (400) while requests run, as SGLang does."""
+        # A bare Response in SGLang: no content type.
         if self.engine.inflight:
-            await send_bytes(send, 400, _FLUSHED, TEXT_TYPE)
+            await send_bytes(send, 400, _FLUSHED, None)
             return
         self.engine.cache.flush()
-        await send_bytes(send, 200, _FLUSHED, TEXT_TYPE)
+        await send_bytes(send, 200, _FLUSHED, None)
 
     async def tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``/tokenize`` and ``/v1/tokenize`` (fact 27)."""
@@ -242,23 +292,49 @@ class MiscRoutes:
         if not self.config.enable_metrics:
             raise HTTPError(404, {"detail": "Not Found"})
         stats = self.app.stats
-        values = {
-            "prompt_tokens_total": stats.prompt_tokens,
-            "generation_tokens_total": stats.generation_tokens,
-            "cached_tokens_total": stats.cached_tokens,
-            "num_requests_total": stats.completions_generated,
-            "num_aborted_requests_total": stats.aborted_requests,
-            "http_requests_total": sum(stats.requests.values()),
-            "num_running_reqs": len(self.engine.inflight),
-            "num_queue_reqs": 0,
-            "cache_hit_rate": stats.cached_tokens / max(stats.prompt_tokens, 1),
+        engine, config = self.engine, self.config
+        elapsed = max(time.monotonic() - self.app.started_at, 1e-9)
+        used = engine.cache.total_tokens
+        model = f'model_name="{config.model_name}"'
+        sched = f'engine_type="unified",{model},moe_ep_rank="0",pp_rank="0",tp_rank="0"'
+        streamed = stats.streamed
+        split = {
+            "prompt_tokens_total": (stats.prompt_tokens, streamed["prompt_tokens"]),
+            "generation_tokens_total": (stats.generation_tokens, streamed["generation_tokens"]),
+            "num_requests_total": (stats.completions_generated, streamed["completions_generated"]),
         }
-        label = f'{{model_name="{self.config.model_name}"}}'
+        gauges = {
+            "num_running_reqs": len(engine.inflight),
+            "num_queue_reqs": 0,
+            "gen_throughput": stats.generation_tokens / elapsed,
+            "cache_hit_rate": stats.cached_tokens / max(stats.prompt_tokens, 1),
+            "token_usage": used / max(config.radix_cache_tokens, 1),
+            "max_total_num_tokens": config.radix_cache_tokens,
+            "kv_cache_memory_usage_gb": 0.0,
+        }
         lines = []
         for name, kind, help_text in _METRICS:
             lines.append(f"# HELP sglang:{name} {help_text}")
             lines.append(f"# TYPE sglang:{name} {kind}")
-            lines.append(f"sglang:{name}{label} {float(values[name])}")
+            metric = f"sglang:{name}"
+            if name in gauges:
+                lines.append(f"{metric}{{{sched}}} {float(gauges[name])}")
+            elif name in split:
+                total, streaming = split[name]
+                for flag, value in (("false", total - streaming), ("true", streaming)):
+                    labels = f'engine_type="unified",is_streaming="{flag}",{model}'
+                    lines.append(f"{metric}{{{labels}}} {float(value)}")
+            elif name == "cached_tokens_total":
+                labels = f'cache_source="device",engine_type="unified",{model}'
+                lines.append(f"{metric}{{{labels}}} {float(stats.cached_tokens)}")
+            elif name == "num_aborted_requests_total":
+                labels = f'engine_type="unified",{model}'
+                lines.append(f"{metric}{{{labels}}} {float(stats.aborted_requests)}")
+            else:  # http_requests_total
+                for (path, method), count in sorted(stats.http.items()):
+                    endpoint = path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                    labels = f'endpoint="{endpoint}",method="{method}"'
+                    lines.append(f"{metric}{{{labels}}} {float(count)}")
         body = ("\n".join(lines) + "\n").encode()
         await send_bytes(send, 200, body, b"text/plain; version=0.0.4; charset=utf-8")
 

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import uvicorn
@@ -17,7 +17,7 @@ from sglang_client.testing._config import FakeServerConfig
 from sglang_client.testing._faults import QuietInjectedFaults
 from sglang_client.testing.app import FakeSGLangApp, create_fake_app
 
-__all__ = ["FakeSGLangServer", "quiet_injected_faults"]
+__all__ = ["FakeSGLangServer", "ThreadedServer", "bind_loopback", "quiet_injected_faults"]
 
 
 def quiet_injected_faults() -> None:
@@ -43,6 +43,85 @@ def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+class ThreadedServer:
+    """Serve an ASGI app with uvicorn on a free loopback port, in a thread with its own loop.
+
+    The machinery under ``FakeSGLangServer``, also used by tests that run the proxy in-process.
+
+    Args:
+        app: the ASGI app.
+        lifespan: uvicorn's lifespan mode (``"off"``, ``"on"``).
+    """
+
+    def __init__(self, app: Any, *, lifespan: Literal["on", "off"] = "off") -> None:
+        self.app = app
+        self.lifespan = lifespan
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving."""
+        return self._server is not None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving and wait until uvicorn accepts connections.
+
+        Raises:
+            RuntimeError: Already running, or uvicorn did not start within ``timeout``.
+        """
+        if self._server is not None:
+            raise RuntimeError("the server is already running")
+        sock = bind_loopback()
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            lifespan=self.lifespan,
+            log_level="warning",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._error = None
+        self._thread = threading.Thread(
+            target=self._serve, args=(server, sock), name=f"asgi-{self.port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._server = None
+                sock.close()
+                raise RuntimeError(f"the server did not start: {self._error!r}")
+            time.sleep(0.005)
+
+    def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+        finally:
+            sock.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask uvicorn to exit and join its thread (forcing exit if it lingers)."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout / 2)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout / 2)
+        self._server = None
+        self._thread = None
+
+
 class FakeSGLangServer:
     """Run the fake SGLang server on ``127.0.0.1:<free port>`` in a background thread.
 
@@ -65,10 +144,12 @@ class FakeSGLangServer:
     def __init__(self, config: FakeServerConfig | None = None, **overrides: Any) -> None:
         self.app: FakeSGLangApp = create_fake_app(config, **overrides)
         self.config: FakeServerConfig = self.app.config
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._threaded = ThreadedServer(self.app)
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (0 before the first start)."""
+        return self._threaded.port
 
     @property
     def url(self) -> str:
@@ -77,7 +158,7 @@ class FakeSGLangServer:
         Raises:
             RuntimeError: The server is not running.
         """
-        if self._server is None:
+        if not self._threaded.running:
             raise RuntimeError("FakeSGLangServer is not running; use start() or a with block")
         return f"http://127.0.0.1:{self.port}"
 
@@ -87,57 +168,19 @@ class FakeSGLangServer:
         Raises:
             RuntimeError: Already running, or uvicorn did not start within ``timeout``.
         """
-        if self._server is not None:
+        if self._threaded.running:
             raise RuntimeError("FakeSGLangServer is already running")
         quiet_injected_faults()
-        sock = bind_loopback()
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            lifespan="off",
-            log_level="warning",
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._error = None
-        self._thread = threading.Thread(
-            target=self._serve, args=(server, sock), name=f"fake-sglang-{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self._server = None
-                sock.close()
-                raise RuntimeError(f"fake SGLang server did not start: {self._error!r}")
-            time.sleep(0.005)
+        try:
+            self._threaded.start(timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"fake SGLang server did not start: {exc}") from exc
         self.app.mark_started()
         return self
 
-    def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
-        try:
-            asyncio.run(server.serve(sockets=[sock]))
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-        finally:
-            sock.close()
-
     def stop(self, timeout: float = 10.0) -> None:
         """Ask uvicorn to exit and join its thread (forcing exit if it lingers)."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(timeout / 2)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout / 2)
-        self._server = None
-        self._thread = None
+        self._threaded.stop(timeout)
 
     def __enter__(self) -> FakeSGLangServer:
         return self.start()

@@ -18,9 +18,11 @@ import anyio
 from sglang_client.testing._asgi import (
     TEXT_TYPE,
     HTTPError,
+    Message,
     Receive,
     Scope,
     Send,
+    dumps,
     flat_error,
     read_body,
     send_bytes,
@@ -122,9 +124,14 @@ class FakeSGLangApp:
             return
         path: str = scope["path"]
         self.stats.requests[path] += 1
+        self.stats.http[(path, scope["method"])] += 1
+        if self.config.api_key is not None and not self._authorized(scope, path):
+            # SGLang's auth middleware answers before its CORS layer: no vary header.
+            self.stats.error_responses += 1
+            await send_bytes(send, 401, dumps({"error": "Unauthorized"}))
+            return
+        send = _with_vary(send)
         try:
-            if self.config.api_key is not None and not self._authorized(scope, path):
-                raise HTTPError(401, {"error": "Unauthorized"})
             route = self._routes.get(path)
             if route is None:
                 if path.startswith("/v1/models/"):
@@ -133,7 +140,8 @@ class FakeSGLangApp:
                     raise HTTPError(404, {"detail": "Not Found"})
             methods, handler = route
             if scope["method"] not in methods:
-                raise HTTPError(405, {"detail": "Method Not Allowed"})
+                allow = ", ".join(sorted(methods)).encode()
+                raise HTTPError(405, {"detail": "Method Not Allowed"}, headers=[(b"allow", allow)])
             if (
                 self.faults.pending
                 and path not in _GENERATION
@@ -143,7 +151,7 @@ class FakeSGLangApp:
             await handler(scope, receive, send)
         except HTTPError as exc:
             self.stats.error_responses += 1
-            await send_bytes(send, exc.status, exc.body, exc.content_type)
+            await send_bytes(send, exc.status, exc.body, exc.content_type, exc.headers)
         except InternalCrash:
             # Starlette's answer to an uncaught exception.
             self.stats.error_responses += 1
@@ -261,3 +269,18 @@ def create_fake_app(config: FakeServerConfig | None = None, **overrides: Any) ->
         ```
     """
     return FakeSGLangApp(FakeServerConfig.build(config, overrides))
+
+
+_VARY = (b"vary", b"Origin")
+
+
+def _with_vary(send: Send) -> Send:
+    """``send`` adding ``vary: Origin`` to every response, as SGLang's CORS middleware does."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), _VARY]}
+        await send(message)
+
+    sending.__wrapped__ = send  # type: ignore[attr-defined]  # for reset_connection
+    return sending

@@ -53,6 +53,15 @@ from typing import Any
 
 import pytest
 
+from ._targets import (  # noqa: F401 (fixtures, registered by being here)
+    REAL_FIXTURES,
+    api_key_server,
+    incremental_url,
+    record_report,
+    relay,
+    write_report,
+)
+
 __all__ = [
     "COMPOSE_PROXY_URL",
     "COMPOSE_SGLANG_URL",
@@ -75,7 +84,7 @@ COMPOSE_PROJECT = "sglang-client"
 COMPOSE_SERVICES = ("sglang", "redis", "sglang-cached")
 COMPOSE_SGLANG_URL = "http://127.0.0.1:30000"
 COMPOSE_PROXY_URL = "http://127.0.0.1:30001"
-SERVER_FIXTURES = frozenset({"sglang_url", "proxy_url"})
+SERVER_FIXTURES = REAL_FIXTURES
 """Fixtures that need the server under test; with ``--compose`` and no engine they skip."""
 
 NO_ENGINE = "--compose: no Docker engine answers ({problem}); the real-server tests are skipped"
@@ -362,7 +371,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None] | Any:
+    report = yield
+    if report.when == "call" or report.skipped or report.failed:
+        record_report(item, report)
+    return report
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    write_report(session)
     stack = session.config.stash.get(_STACK, None)
     if stack is not None:
         stack.down()

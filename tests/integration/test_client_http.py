@@ -15,6 +15,7 @@ from sglang_client import (
     StreamError,
 )
 
+from ._targets import ApiKeyServer
 from .conftest import free_port
 
 pytestmark = pytest.mark.anyio
@@ -136,24 +137,24 @@ async def test_unreachable_server_is_a_connection_error() -> None:
 # ---- fault injection and server flags: the fake server only ------------------------------
 
 
-@pytest.mark.fake_only
-async def test_incremental_server_streams_the_same_text() -> None:
-    from sglang_client.testing import FakeSGLangServer
-
+async def test_incremental_server_streams_the_same_text(
+    sglang_url: str, incremental_url: str, is_real_server: bool
+) -> None:
     params = {"temperature": 0, "max_new_tokens": 20}
-    async with (
-        FakeSGLangServer() as cumulative,
-        FakeSGLangServer(incremental_streaming_output=True) as incremental,
-    ):
-        results = []
-        for server in (cumulative, incremental):
-            async with SGLangClient(server.url) as client:
-                chunks = await client.generate_stream("Story:", sampling_params=params).collect()
-                full = await client.generate("Story:", sampling_params=params)
-            assert isinstance(full, GenerateResponse)
-            assert "".join(c.delta for c in chunks) == full.text
-            results.append([c.delta for c in chunks])
-    assert results[0] == results[1]
+    results = []
+    for url in (sglang_url, incremental_url):
+        async with SGLangClient(url) as client:
+            chunks = await client.generate_stream("Story:", sampling_params=params).collect()
+            full = await client.generate("Story:", sampling_params=params)
+        assert isinstance(full, GenerateResponse)
+        # .delta is new text in both modes, .text everything so far
+        assert "".join(c.delta for c in chunks) == chunks[-1].text
+        assert chunks[-1].output_ids[: len(chunks[0].output_ids)] == chunks[0].output_ids
+        if not is_real_server:  # real greedy text may differ between batches
+            assert chunks[-1].text == full.text
+        results.append([c.delta for c in chunks])
+    if not is_real_server:
+        assert results[0] == results[1]
 
 
 @pytest.mark.fake_only
@@ -220,17 +221,16 @@ async def test_read_timeout_raises_timeout_error() -> None:
             assert isinstance(ok, GenerateResponse)
 
 
-@pytest.mark.fake_only
-async def test_api_key() -> None:
-    from sglang_client.testing import FakeSGLangServer
-
-    async with FakeSGLangServer(api_key="sk-test") as server:
-        async with SGLangClient(server.url) as anonymous:
-            with pytest.raises(AuthenticationError, match="Unauthorized"):
-                await anonymous.generate("x")
-            assert (await anonymous.health()).available  # /health is exempt
-        async with SGLangClient(server.url, api_key="sk-test") as client:
-            assert isinstance(await client.generate("x", sampling_params=GREEDY), GenerateResponse)
+async def test_api_key(api_key_server: ApiKeyServer) -> None:
+    async with SGLangClient(api_key_server.url) as anonymous:
+        with pytest.raises(AuthenticationError, match="Unauthorized"):
+            await anonymous.generate("x")
+        assert (await anonymous.health()).available  # /health is exempt
+    async with SGLangClient(api_key_server.url, api_key=api_key_server.key) as client:
+        assert isinstance(await client.generate("x", sampling_params=GREEDY), GenerateResponse)
+    async with SGLangClient(api_key_server.url, api_key="wrong") as wrong:
+        with pytest.raises(AuthenticationError):
+            await wrong.chat_completion([{"role": "user", "content": "x"}], max_tokens=2)
 
 
 @pytest.mark.fake_only

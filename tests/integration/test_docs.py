@@ -1,11 +1,14 @@
-"""README.md's code blocks and the examples, executed against fake-backed servers.
+"""README.md's code blocks and the examples, executed against the server under test.
 
 Every ```python and ```bash block of the README runs in its own process, with the ports 30000
-and 30001 swapped for those of a fake SGLang server and an ``sglang-cached`` proxy (and
+and 30001 swapped for those of an SGLang server and an ``sglang-cached`` proxy (and
 ``SGLANG_URL`` / ``SGLANG_CACHED_URL`` pointing at them). Those two are started by the README's
-own servers block (tagged ``<!-- run: servers ... -->``). A block is skipped only when the line
-above it says why (``<!-- not-run: reason -->``), or when it needs a Redis server that does not
-answer (``<!-- needs: redis ... -->``; with ``REQUIRE_REDIS=1`` that fails instead).
+own servers block (tagged ``<!-- run: servers ... -->``); against a real SGLang (``SGLANG_URL``)
+the block's fake server is left out and port 30000 is the real one. Blocks that start a
+``FakeSGLangServer`` themselves (they document the fake) use it in both cases. A block is
+skipped only when the line above it says why (``<!-- not-run: reason -->``), or when it needs
+a Redis server that does not answer (``<!-- needs: redis ... -->``; with ``REQUIRE_REDIS=1``
+that fails instead).
 
 Python blocks and example scripts run as ``__main__`` in a process forked from an interpreter that
 has already imported the heavy modules (pydantic, aiohttp, openai, ...): each still gets a fresh
@@ -30,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from ._docs_runner import ForkServer, Result, stop_group
-from .conftest import REPO, free_port, wait_healthy
+from .conftest import REPO, free_port, real_server_url, wait_healthy
 
 __all__: list[str] = []
 
@@ -105,14 +108,16 @@ class Docs:
 
     WORKERS = 4
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, real_url: str | None = None) -> None:
         self.home = root / "home"
         self.work = root / "work"
         self.home.mkdir()
         self.work.mkdir()
         # The README's commands run from the repository root: `examples/...` must resolve.
         (self.work / "examples").symlink_to(EXAMPLES, target_is_directory=True)
-        self.sglang_port, self.proxy_port = free_port(), free_port()
+        self.real = real_url is not None
+        port = int(real_url.rsplit(":", 1)[1]) if real_url is not None else free_port()
+        self.sglang_port, self.proxy_port = port, free_port()
         self.sglang_url = f"http://127.0.0.1:{self.sglang_port}"
         self.proxy_url = f"http://127.0.0.1:{self.proxy_port}"
         self.forks: queue.Queue[ForkServer] = queue.Queue()
@@ -189,9 +194,15 @@ class Docs:
 
 
 def start_servers(docs: Docs, block: Block) -> subprocess.Popen[bytes]:
-    """Run the README's servers block; its background jobs stay in the process group."""
+    """Run the README's servers block; its background jobs stay in the process group.
+
+    Against a real SGLang, its line starting the fake server is left out.
+    """
+    code = block.code
+    if docs.real:
+        code = "\n".join(line for line in code.splitlines() if "sglang_client.testing" not in line)
     proc = subprocess.Popen(
-        ["bash", "--noprofile", "--norc", "-e", "-c", docs.substitute(block.code)],
+        ["bash", "--noprofile", "--norc", "-e", "-c", docs.substitute(code)],
         cwd=docs.work,
         env=docs.env(),
         stdout=subprocess.DEVNULL,
@@ -243,7 +254,10 @@ def docs(
         return f"test_readme_block[{block.id}]"
 
     [servers] = [b for b in BLOCKS if b.tag == "run"]
-    state = Docs(tmp_path_factory.mktemp("docs"))
+    real = real_server_url(request.config)
+    if real is not None and not real.startswith("http://127.0.0.1:"):
+        pytest.skip("the README runs against a loopback server only: SGLANG_URL is elsewhere")
+    state = Docs(tmp_path_factory.mktemp("docs"), real)
     try:
         proc = start_servers(state, servers)
     except BaseException:

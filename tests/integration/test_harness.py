@@ -45,7 +45,7 @@ def run_pytest(target: str, *args: str, **env: str) -> subprocess.CompletedProce
 
 
 def test_compose_without_an_engine_skips_with_the_reason() -> None:
-    chosen = "test_generate_single_batch_and_n or test_api_key"
+    chosen = "test_generate_single_batch_and_n or test_retries_ride_out_503s_then_give_up"
     result = run_pytest("tests/integration", "--compose", "-k", chosen, **NO_ENGINE_ENV)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out

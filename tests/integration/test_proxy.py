@@ -1,8 +1,9 @@
-"""sglang-cached as a real process on loopback, in front of the fake SGLang server.
+"""sglang-cached as a real process on loopback, in front of the server under test.
 
-The fake runs in this process (``FakeSGLangServer``, a thread) so that tests can count what it
-generated; each proxy is a ``python -m sglang_client.server.cli start`` subprocess. Helpers here
-are shared with the other ``test_proxy_*`` files.
+The server under test is the fake, or a real SGLang (``SGLANG_URL``); the proxy reaches it
+through a counting relay (``relay``), so that tests can count what was generated on either.
+Each proxy is a ``python -m sglang_client.server.cli start`` subprocess. Helpers here are shared
+with the other ``test_proxy_*`` files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 
 from sglang_client.testing import FakeSGLangServer
 
+from ._relay import CountingRelay
+from ._targets import ApiKeyServer
 from .conftest import free_port, stop_process, wait_healthy
 
 SAMPLED = {"max_new_tokens": 8, "temperature": 0.8}
@@ -90,16 +93,17 @@ def proxies(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeSGLangServer]:
+    """A fake in this process, for the tests that need its knobs or counters."""
     with FakeSGLangServer(seed=1) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def shared(
-    fake: FakeSGLangServer, tmp_path_factory: pytest.TempPathFactory
+    relay: CountingRelay, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyProcess]:
     """One proxy (SQLite store, logging on) for the tests that need no fresh state."""
-    proxy = start_proxy(fake.url, tmp_path_factory.mktemp("shared"))
+    proxy = start_proxy(relay.url, tmp_path_factory.mktemp("shared"))
     yield proxy
     stop_process(proxy.proc)
 
@@ -111,9 +115,9 @@ def fresh() -> str:
 # ---------------------------------------------------------------------- the README flow
 
 
-def test_readme_flow(shared: ProxyProcess, fake: FakeSGLangServer) -> None:
+def test_readme_flow(shared: ProxyProcess, relay: CountingRelay) -> None:
     prompt = fresh()
-    before = fake.app.stats.completions_generated
+    before = relay.generated
     miss = shared.generate(prompt)
     assert (miss.status_code, miss.headers["x-cache"]) == (200, "MISS")
     hit = shared.generate(prompt)
@@ -128,7 +132,7 @@ def test_readme_flow(shared: ProxyProcess, fake: FakeSGLangServer) -> None:
     again = shared.generate(prompt, n=3)
     assert again.headers["x-cache"] == "HIT"
     assert again.json() == three.json()
-    assert fake.app.stats.completions_generated - before == 5
+    assert relay.generated - before == 5
     stats = shared.stats()
     assert {"num_keys", "total_responses", "hits", "misses", "hit_rate", "cache_file"} <= set(stats)
     assert stats["cache_file"].endswith("cache.db")
@@ -138,12 +142,12 @@ def test_readme_flow(shared: ProxyProcess, fake: FakeSGLangServer) -> None:
     assert "[Cache partial] POST /generate" in log
 
 
-def test_openai_client_through_the_proxy(shared: ProxyProcess, fake: FakeSGLangServer) -> None:
+def test_openai_client_through_the_proxy(shared: ProxyProcess, relay: CountingRelay) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=shared.url + "/v1", api_key="none", max_retries=0)
     messages = [{"role": "user", "content": fresh()}]
     try:
-        before = fake.app.stats.completions_generated
+        before = relay.generated
         first = client.chat.completions.with_raw_response.create(
             model="default", messages=messages, max_tokens=12, temperature=0.5
         )
@@ -161,7 +165,10 @@ def test_openai_client_through_the_proxy(shared: ProxyProcess, fake: FakeSGLangS
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
         streamed_miss = list(
             client.chat.completions.create(
-                model="default", messages=[{"role": "user", "content": fresh()}], stream=True
+                model="default",
+                messages=[{"role": "user", "content": fresh()}],
+                max_tokens=12,
+                stream=True,
             )
         )
         assert streamed_miss[-1].choices[0].finish_reason in ("stop", "length")
@@ -193,7 +200,7 @@ def test_openai_client_through_the_proxy(shared: ProxyProcess, fake: FakeSGLangS
         assert after.headers["x-cache"] == "HIT"
         assert after.parse().choices[0].text == text
         # chat: one miss, one streamed miss; completions: one miss, one streamed miss
-        assert fake.app.stats.completions_generated - before == 4
+        assert relay.generated - before == 4
     finally:
         client.close()
 
@@ -206,9 +213,9 @@ def _without_created(value: object) -> object:
     return value
 
 
-def test_passthrough_routes_are_unchanged(shared: ProxyProcess, fake: FakeSGLangServer) -> None:
+def test_passthrough_routes_are_unchanged(shared: ProxyProcess, sglang_url: str) -> None:
     for path in ("/model_info", "/get_model_info", "/v1/models", "/v1/models/nope", "/nowhere"):
-        direct = httpx.get(fake.url + path, timeout=10)
+        direct = httpx.get(sglang_url + path, timeout=10)
         through = shared.get(path)
         assert through.status_code == direct.status_code, path
         assert through.headers["content-type"] == direct.headers["content-type"]
@@ -218,7 +225,7 @@ def test_passthrough_routes_are_unchanged(shared: ProxyProcess, fake: FakeSGLang
     assert flushed.text.startswith("Cache flushed.")
     tokens = shared.post("/tokenize", {"prompt": "hello world"})
     assert (
-        tokens.json() == httpx.post(fake.url + "/tokenize", json={"prompt": "hello world"}).json()
+        tokens.json() == httpx.post(sglang_url + "/tokenize", json={"prompt": "hello world"}).json()
     )
     session = shared.post("/open_session", {"capacity_of_str_len": 1000}).json()
     assert isinstance(session, str)
@@ -245,10 +252,10 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int]] = [
 
 
 def test_bad_input_is_4xx_and_never_reaches_upstream(
-    proxies: Callable[..., ProxyProcess], fake: FakeSGLangServer
+    proxies: Callable[..., ProxyProcess], relay: CountingRelay
 ) -> None:
-    proxy = proxies(fake.url, "--max-body-bytes", "1024", "--max-n", "64")
-    seen = sum(fake.app.stats.requests.values())
+    proxy = proxies(relay.url, "--max-body-bytes", "1024", "--max-n", "64")
+    seen = relay.total_requests
     for path, raw, headers, status in BAD_REQUESTS:
         response = httpx.post(
             proxy.url + path,
@@ -260,7 +267,7 @@ def test_bad_input_is_4xx_and_never_reaches_upstream(
         body = response.json()
         assert (body["object"], body["code"]) == ("error", status)
         assert body["message"]
-    assert sum(fake.app.stats.requests.values()) == seen
+    assert relay.total_requests == seen
     assert proxy.stats()["num_keys"] == 0
 
 
@@ -278,6 +285,7 @@ def test_upstream_down_is_502_and_health_says_so(proxies: Callable[..., ProxyPro
     assert 'sglang_cached_upstream_errors_total{kind="connect"}' in proxy.get("/metrics").text
 
 
+@pytest.mark.fake_only  # time_to_first_token: an upstream slower than the proxy's --timeout
 def test_upstream_timeout_is_504(proxies: Callable[..., ProxyProcess]) -> None:
     with FakeSGLangServer(time_to_first_token=5.0) as slow:
         proxy = proxies(slow.url, "--timeout", "0.3", "--max-retries", "0", "--quiet")
@@ -286,28 +294,29 @@ def test_upstream_timeout_is_504(proxies: Callable[..., ProxyProcess]) -> None:
         assert "timed out" in response.json()["message"]
 
 
-def test_api_admin_and_upstream_keys(proxies: Callable[..., ProxyProcess]) -> None:
-    with FakeSGLangServer(api_key="upstream-secret") as guarded:
-        keys = (
-            "--api-key",
-            "user",
-            "--admin-key",
-            "admin",
-            "--upstream-api-key",
-            "upstream-secret",
-        )
-        proxy = proxies(guarded.url, *keys)
-        assert proxy.generate(fresh()).status_code == 401
-        user = {"Authorization": "Bearer user"}
-        ok = proxy.post("/generate", {"text": fresh()}, **user)
-        assert (ok.status_code, ok.headers["x-cache"]) == (200, "MISS")
-        assert proxy.get("/model_info", **user).status_code == 200  # upstream key swapped in
-        assert proxy.get("/model_info").status_code == 401
-        assert proxy.get("/health").status_code == 200
-        assert proxy.post("/cache/clear", None, **user).status_code == 403
-        assert proxy.post("/cache/clear", None).status_code == 401
-        cleared = proxy.post("/cache/clear", None, Authorization="Bearer admin")
-        assert cleared.json() == {"cleared": 1}
+def test_api_admin_and_upstream_keys(
+    proxies: Callable[..., ProxyProcess], api_key_server: ApiKeyServer
+) -> None:
+    keys = (
+        "--api-key",
+        "user",
+        "--admin-key",
+        "admin",
+        "--upstream-api-key",
+        api_key_server.key,
+    )
+    proxy = proxies(api_key_server.url, *keys)
+    assert proxy.generate(fresh()).status_code == 401
+    user = {"Authorization": "Bearer user"}
+    ok = proxy.post("/generate", {"text": fresh()}, **user)
+    assert (ok.status_code, ok.headers["x-cache"]) == (200, "MISS")
+    assert proxy.get("/model_info", **user).status_code == 200  # upstream key swapped in
+    assert proxy.get("/model_info").status_code == 401
+    assert proxy.get("/health").status_code == 200
+    assert proxy.post("/cache/clear", None, **user).status_code == 403
+    assert proxy.post("/cache/clear", None).status_code == 401
+    cleared = proxy.post("/cache/clear", None, Authorization="Bearer admin")
+    assert cleared.json() == {"cleared": 1}
 
 
 def test_console_script_is_installed() -> None:

@@ -49,6 +49,7 @@ def _load(
                 acked.append((time.monotonic(), prompt, response.content))
 
 
+@pytest.mark.timeout(30 + 15 * ROUNDS)
 @pytest.mark.fake_only  # counts on the fake's speed to write hundreds of entries a second
 def test_kill_9_under_load_keeps_every_acknowledged_answer(
     proxies: Callable[..., ProxyProcess], fake: FakeSGLangServer, tmp_path: Path

@@ -10,51 +10,53 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 
 from sglang_client.cache import SQLiteStore
 from sglang_client.testing import FakeSGLangServer
 
 from . import test_proxy
+from ._relay import CountingRelay
 from .conftest import stop_process
 from .test_proxy import ProxyProcess, fresh
 
-proxies = test_proxy.proxies  # the fixtures, shared
-fake = test_proxy.fake
+proxies = test_proxy.proxies  # the fixture, shared
 
 
 def test_restart_keeps_the_cache(
-    proxies: Callable[..., ProxyProcess], fake: FakeSGLangServer, tmp_path: Path
+    proxies: Callable[..., ProxyProcess], relay: CountingRelay, tmp_path: Path
 ) -> None:
     path = str(tmp_path / "persist")
-    first = proxies(fake.url, "--cache-path", path, "--quiet")
+    first = proxies(relay.url, "--cache-path", path, "--quiet")
     prompt = fresh()
     miss = first.generate(prompt)
     stop_process(first.proc)
     assert first.proc.returncode == 0
-    second = proxies(fake.url, "--cache-path", path, "--quiet")
+    second = proxies(relay.url, "--cache-path", path, "--quiet")
     hit = second.generate(prompt)
     assert hit.headers["x-cache"] == "HIT"
     assert hit.content == miss.content
 
 
 def test_kill_9_loses_nothing_acknowledged_once_flushed(
-    proxies: Callable[..., ProxyProcess], fake: FakeSGLangServer, tmp_path: Path
+    proxies: Callable[..., ProxyProcess], relay: CountingRelay, tmp_path: Path
 ) -> None:
     path = str(tmp_path / "crash")
-    first = proxies(fake.url, "--cache-path", path, "--quiet")
+    first = proxies(relay.url, "--cache-path", path, "--quiet")
     prompts = [fresh() for _ in range(10)]
     answers = [first.generate(p).content for p in prompts]
     first.wait_flushed()
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(timeout=10)
-    generated = fake.app.stats.completions_generated
-    second = proxies(fake.url, "--cache-path", path, "--quiet")
+    generated = relay.generated
+    second = proxies(relay.url, "--cache-path", path, "--quiet")
     for prompt, answer in zip(prompts, answers, strict=True):
         hit = second.generate(prompt)
         assert (hit.headers["x-cache"], hit.content) == ("HIT", answer)
-    assert fake.app.stats.completions_generated == generated
+    assert relay.generated == generated
 
 
+@pytest.mark.fake_only  # watches the fake's in-flight requests to send SIGTERM mid-generation
 def test_sigterm_finishes_in_flight_then_flushes_and_exits_0(
     proxies: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
@@ -99,9 +101,9 @@ def test_sigterm_finishes_in_flight_then_flushes_and_exits_0(
 
 
 def test_sigint_is_a_clean_exit_too(
-    proxies: Callable[..., ProxyProcess], fake: FakeSGLangServer
+    proxies: Callable[..., ProxyProcess], relay: CountingRelay
 ) -> None:
-    proxy = proxies(fake.url, "--quiet", "--store", "memory")
+    proxy = proxies(relay.url, "--quiet", "--store", "memory")
     proxy.proc.send_signal(signal.SIGINT)
     assert proxy.proc.wait(timeout=30) == 0
     assert "Traceback" not in proxy.log.read_text()

@@ -19,6 +19,7 @@ from sglang_client.cache import RedisStore
 from sglang_client.testing import FakeSGLangServer
 
 from . import test_proxy
+from ._relay import CountingRelay
 from .test_proxy import ProxyProcess, fresh
 
 proxies = test_proxy.proxies  # the fixture, shared
@@ -53,38 +54,50 @@ def prefix() -> Iterator[str]:
     asyncio.run(cleanup())
 
 
+@pytest.fixture
+def paced(is_real_server: bool, relay: CountingRelay) -> Iterator[CountingRelay]:
+    """The server under test, counted; on the fake, one that takes 10 ms a token (a real
+    SGLang takes its time anyway), so that concurrent requests overlap upstream."""
+    if is_real_server:
+        yield relay
+        return
+    with FakeSGLangServer(latency_per_token=0.01) as fake, CountingRelay(fake.url) as counted:
+        yield counted
+
+
 def test_two_proxies_share_one_cache_and_one_generation(
-    proxies: Callable[..., ProxyProcess], prefix: str
+    proxies: Callable[..., ProxyProcess], prefix: str, paced: CountingRelay
 ) -> None:
-    # Enough latency (and ignore_eos: no early end) that the two concurrent requests overlap.
-    with FakeSGLangServer(latency_per_token=0.05) as fake:
-        args = ("--store", REDIS_URL, "--redis-prefix", prefix, "--quiet")
-        a, b = proxies(fake.url, *args), proxies(fake.url, *args)
-        prompt = fresh()
-        generated = fake.app.stats.completions_generated
-        miss = a.generate(prompt, max_new_tokens=4)
-        assert miss.headers["x-cache"] == "MISS"
-        hit = b.generate(prompt, max_new_tokens=4)
-        assert (hit.headers["x-cache"], hit.content) == ("HIT", miss.content)
-        assert fake.app.stats.completions_generated == generated + 1
+    relay = paced
+    args = ("--store", REDIS_URL, "--redis-prefix", prefix, "--quiet")
+    a, b = proxies(relay.url, *args), proxies(relay.url, *args)
+    prompt = fresh()
+    generated = relay.generated
+    miss = a.generate(prompt, max_new_tokens=4)
+    assert miss.headers["x-cache"] == "MISS"
+    hit = b.generate(prompt, max_new_tokens=4)
+    assert (hit.headers["x-cache"], hit.content) == ("HIT", miss.content)
+    assert relay.generated == generated + 1
 
-        prompt = fresh()
-        barrier = threading.Barrier(2)
-        answers: dict[str, httpx.Response] = {}
+    prompt = fresh()
+    barrier = threading.Barrier(2)
+    answers: dict[str, httpx.Response] = {}
 
-        def ask(name: str, proxy: ProxyProcess) -> None:
-            barrier.wait(timeout=10)
-            answers[name] = proxy.generate(prompt, max_new_tokens=10, ignore_eos=True)
+    def ask(name: str, proxy: ProxyProcess) -> None:
+        barrier.wait(timeout=10)
+        # 200 tokens (no early end): the two requests overlap upstream, so coalescing is
+        # what keeps it to one generation.
+        answers[name] = proxy.generate(prompt, max_new_tokens=200, ignore_eos=True)
 
-        threads = [threading.Thread(target=ask, args=item) for item in (("a", a), ("b", b))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert answers["a"].status_code == answers["b"].status_code == 200
-        assert answers["a"].json()["text"] == answers["b"].json()["text"]
-        # The waiter is served from the cache: a hit.
-        labels = sorted(r.headers["x-cache"] for r in answers.values())
-        assert labels == ["HIT", "MISS"]
-        assert fake.app.stats.completions_generated == generated + 2
-        assert a.stats()["num_keys"] == b.stats()["num_keys"] == 2
+    threads = [threading.Thread(target=ask, args=item) for item in (("a", a), ("b", b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert answers["a"].status_code == answers["b"].status_code == 200
+    assert answers["a"].json()["text"] == answers["b"].json()["text"]
+    # The waiter is served from the cache: a hit.
+    labels = sorted(r.headers["x-cache"] for r in answers.values())
+    assert labels == ["HIT", "MISS"]
+    assert relay.generated == generated + 2
+    assert a.stats()["num_keys"] == b.stats()["num_keys"] == 2

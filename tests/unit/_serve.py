@@ -3,22 +3,17 @@ that need real HTTP on the wire (raw request targets, headers) without a subproc
 
 from __future__ import annotations
 
-import asyncio
 import http.client
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-import uvicorn
-
 from sglang_client import SGLangClient
 from sglang_client.cache import CachedClient, MemoryStore
 from sglang_client.cache.stores.base import CacheStore
 from sglang_client.server import ProxyApp, ProxyConfig, create_app
-from sglang_client.testing._server import bind_loopback
+from sglang_client.testing._server import ThreadedServer
 
 __all__ = ["proxy_app", "raw_request", "serve"]
 
@@ -26,34 +21,12 @@ __all__ = ["proxy_app", "raw_request", "serve"]
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Run ``app`` (lifespan on) until the block ends; yield its base URL."""
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", log_config=None, access_log=False
-    )
-    server = uvicorn.Server(config)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(server.serve(sockets=[sock]))
-        except BaseException as exc:  # reported below
-            failure.append(exc)
-        finally:
-            sock.close()
-
-    thread = threading.Thread(target=run, name=f"asgi-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if failure or not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the app did not start: {failure!r}")
-        time.sleep(0.005)
+    server = ThreadedServer(app, lifespan="on")
+    server.start(timeout=20)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        server.should_exit = True
-        thread.join(20)
+        server.stop(timeout=20)
 
 
 def proxy_app(

@@ -282,8 +282,10 @@ def test_fact_10_stream_framing_is_cumulative(client: httpx.Client) -> None:
     assert last["meta_info"]["finish_reason"] == full["meta_info"]["finish_reason"]
     assert "e2e_latency" in last["meta_info"]
     assert (last["text"], last["output_ids"]) == (full["text"], full["output_ids"])
-    assert "response_sent_to_client_ts" in chunks[0]["meta_info"]
-    assert all("response_sent_to_client_ts" not in c["meta_info"] for c in chunks[1:])
+    # The first chunk says when the answer started going out; the last repeats it (as real).
+    sent = chunks[0]["meta_info"]["response_sent_to_client_ts"]
+    assert all("response_sent_to_client_ts" not in c["meta_info"] for c in chunks[1:-1])
+    assert last["meta_info"]["response_sent_to_client_ts"] == sent
     assert chunks[0]["meta_info"]["completion_tokens"] == 1
 
 
@@ -394,7 +396,12 @@ async def test_fact_15_abort_request_ends_a_running_request_with_partial_text() 
             response = results["response"]
     assert response.status_code == 200
     body = response.json()
-    assert body["meta_info"]["finish_reason"] == {"type": "abort", "message": "Aborted"}
+    assert body["meta_info"]["finish_reason"] == {
+        "type": "abort",
+        "message": "Aborted",
+        "status_code": None,
+        "err_type": None,
+    }
     assert 0 < body["meta_info"]["completion_tokens"] < 400
     assert body["text"] == TOKENIZER.decode(body["output_ids"])
 
@@ -460,7 +467,8 @@ def test_fact_18_model_info_and_server_info(server: FakeSGLangServer, client: ht
         assert isinstance(info["version"], str) and info["version"]
         assert isinstance(info["internal_states"], list) and info["internal_states"]
         assert info["incremental_streaming_output"] is False
-        assert info["context_length"] == 4096
+        # A server argument: null unless launched with --context-length (as real SGLang).
+        assert info["context_length"] is None
         assert info["port"] == int(server.url.rsplit(":", 1)[1])
 
 
@@ -488,9 +496,10 @@ def test_fact_19_v1_models_lists_the_served_model(client: httpx.Client) -> None:
     }
 
 
-def test_fact_20_flush_cache_returns_text(client: httpx.Client) -> None:
+def test_fact_20_flush_cache_returns_text_without_a_content_type(client: httpx.Client) -> None:
     for method in ("POST", "GET"):
         response = client.request(method, "/flush_cache")
         assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain")
+        # A bare Response in SGLang 0.5.23: text, but no content type at all (recorded).
+        assert "content-type" not in response.headers
         assert response.text.startswith("Cache flushed.")

@@ -372,8 +372,13 @@ def test_stats_and_metrics_count_requests() -> None:
         assert stats.requests["/generate"] == 2
         metrics = c.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
-        assert 'sglang:generation_tokens_total{model_name="fake/sglang-tiny"} 7.0' in metrics.text
-        assert "sglang:num_requests_total" in metrics.text
+        # Real SGLang's labels: split by streaming, with the engine type.
+        labels = 'engine_type="unified",is_streaming="{}",model_name="fake/sglang-tiny"'
+        text = metrics.text
+        assert f"sglang:generation_tokens_total{{{labels.format('false')}}} 7.0" in text
+        assert f"sglang:generation_tokens_total{{{labels.format('true')}}} 0.0" in text
+        assert f"sglang:num_requests_total{{{labels.format('false')}}} 3.0" in text
+        assert 'sglang:http_requests_total{endpoint="/generate",method="POST"} 2.0' in text
 
 
 def test_config_is_validated() -> None:

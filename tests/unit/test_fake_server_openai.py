@@ -152,7 +152,10 @@ def test_fact_23_chat_completion_shape(client: httpx.Client) -> None:
         body["usage"]["completion_tokens"] + body["usage"]["prompt_tokens"]
         == (body["usage"]["total_tokens"])
     )
-    assert body["metadata"] == {"weight_version": "default"}
+    completion = body["usage"]["completion_tokens"]
+    versions = [{"version": "default", "start": 0, "end": completion}]
+    assert body["metadata"] == {"weight_version": "default", "weight_versions": versions}
+    assert "tool_calls" not in choice["message"]  # SGLang leaves it out without tool calls
     empty = post_ok(client, "/v1/chat/completions", {**CHAT, "max_tokens": 0})
     assert empty["choices"][0]["message"]["content"] == ""
     with FakeSGLangServer(enable_cache_report=True) as srv, httpx.Client(base_url=srv.url) as c:

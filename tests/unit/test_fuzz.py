@@ -157,7 +157,7 @@ request_parts = st.tuples(
 )
 
 
-def _send(url: str, parts: tuple[Any, ...]) -> httpx.Response:
+def _send(client: httpx.Client, url: str, parts: tuple[Any, ...]) -> httpx.Response:
     method, path, body, ctype, auth, cache_control, stream = parts
     if not path.startswith("/"):
         path = "/" + path
@@ -170,11 +170,10 @@ def _send(url: str, parts: tuple[Any, ...]) -> httpx.Response:
         headers["Cache-Control"] = cache_control
     if stream and body.startswith(b"{"):
         body = body[:-1] + (b', "stream": true}' if len(body) > 2 else b'"stream": true}')
-    request = httpx.Request(method, url + path, content=body, headers=headers)
-    with httpx.Client(timeout=30) as client:
-        return client.send(request)
+    return client.send(httpx.Request(method, url + path, content=body, headers=headers))
 
 
+@pytest.mark.timeout(60 + EXAMPLES // 10)
 @pytest.mark.parametrize("target", ["proxy", "fake"])
 def test_generated_requests_never_break_anything(
     target: str, proxy: str, fake: FakeSGLangServer, store: MemoryStore
@@ -189,9 +188,10 @@ def test_generated_requests_never_break_anything(
     )
     @given(request_parts)
     def run(parts: tuple[Any, ...]) -> None:
-        check(_send(url, parts))
+        check(_send(client, url, parts))
 
-    run()
+    with httpx.Client(timeout=30) as client:
+        run()
     assert httpx.get(url + "/health", timeout=30).status_code == 200
     assert_store_clean(store)
 
