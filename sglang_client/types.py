@@ -17,10 +17,12 @@ __all__ = [
     "ChatChoice",
     "ChatChunkChoice",
     "ChatDelta",
+    "ChatLogprobs",
     "ChatMessage",
     "Completion",
     "CompletionChoice",
     "CompletionChunk",
+    "CompletionLogprobs",
     "CompletionUsage",
     "FinishReason",
     "GenerateResponse",
@@ -29,6 +31,8 @@ __all__ = [
     "ModelInfo",
     "ServerInfo",
     "StreamChunk",
+    "TokenLogprob",
+    "TopLogprob",
 ]
 
 
@@ -109,13 +113,17 @@ class HealthStatus(_Model):
 
 
 class ModelInfo(_Model):
-    """``GET /model_info``: what the server serves."""
+    """``GET /model_info``: what the server serves (``embedding``: SGLang 0.5.23's block of
+    embedding support, also present for generation models)."""
 
     model_path: str
     served_model_name: str | None = None
     tokenizer_path: str | None = None
     is_generation: bool = True
     weight_version: str | None = None
+    model_type: str | None = None
+    architectures: list[str] | None = None
+    embedding: dict[str, Any] | None = None
 
 
 class ServerInfo(_Model):
@@ -146,11 +154,42 @@ class ChatMessage(_Model):
     tool_calls: list[dict[str, Any]] | None = None
 
 
+class TopLogprob(_Model):
+    """One candidate token of a chat ``logprobs`` entry."""
+
+    token: str
+    bytes: list[int] | None = None
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """One generated token of a chat ``logprobs.content`` list, with its top candidates."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(_Model):
+    """A chat choice's ``logprobs`` (``logprobs: true``, ``top_logprobs: k``)."""
+
+    content: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(_Model):
+    """A completions choice's ``logprobs`` (``logprobs: k``); SGLang sends every
+    ``text_offset`` as -1, and a prompt token (``echo``) may have a ``None`` logprob."""
+
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+
+
 class ChatChoice(_Model):
     """One choice of ``/v1/chat/completions``."""
 
     index: int
     message: ChatMessage
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     matched_stop: Union[int, str, None] = None  # noqa: UP007
 
@@ -180,6 +219,7 @@ class ChatChunkChoice(_Model):
 
     index: int
     delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     matched_stop: Union[int, str, None] = None  # noqa: UP007
 
@@ -200,6 +240,7 @@ class CompletionChoice(_Model):
 
     index: int
     text: str
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     matched_stop: Union[int, str, None] = None  # noqa: UP007
 

@@ -109,10 +109,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if real_server_url(config) is None:
         return
-    skip = pytest.mark.skip(reason="needs the fake server's knobs; running against a real SGLang")
     for item in items:
-        if "fake_only" in item.keywords:
-            item.add_marker(skip)
+        marker = item.get_closest_marker("fake_only")
+        if marker is not None:
+            knob = f": {marker.args[0]}" if marker.args else ""
+            reason = f"needs the fake server's knobs{knob}; running against a real SGLang"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 # ------------------------------------------------------------------ processes and ports

@@ -157,7 +157,7 @@ async def test_incremental_server_streams_the_same_text(
         assert results[0] == results[1]
 
 
-@pytest.mark.fake_only
+@pytest.mark.fake_only("fault injection: fail_next(503)")
 async def test_retries_ride_out_503s_then_give_up() -> None:
     from sglang_client.testing import FakeSGLangServer
 
@@ -171,7 +171,7 @@ async def test_retries_ride_out_503s_then_give_up() -> None:
                 await client.generate("x", sampling_params=GREEDY)
 
 
-@pytest.mark.fake_only
+@pytest.mark.fake_only("fault injection: a queue-full abort in a stream")
 async def test_stream_overload_abort_raises() -> None:
     from sglang_client.testing import FakeSGLangServer
 
@@ -181,7 +181,7 @@ async def test_stream_overload_abort_raises() -> None:
                 await client.generate_stream("x", sampling_params=GREEDY).collect()
 
 
-@pytest.mark.fake_only
+@pytest.mark.fake_only("fault injection: drop_stream_rate")
 async def test_dropped_stream_is_not_retried() -> None:
     from sglang_client.testing import FakeSGLangServer
 
@@ -194,7 +194,7 @@ async def test_dropped_stream_is_not_retried() -> None:
             assert seen >= 1
 
 
-@pytest.mark.fake_only
+@pytest.mark.fake_only("latency_per_token, and the fake's abort counter")
 async def test_read_timeout_raises_timeout_error() -> None:
     import anyio
     import httpx
@@ -233,7 +233,7 @@ async def test_api_key(api_key_server: ApiKeyServer) -> None:
             await wrong.chat_completion([{"role": "user", "content": "x"}], max_tokens=2)
 
 
-@pytest.mark.fake_only
+@pytest.mark.fake_only("startup_delay: a server that is still loading")
 async def test_wait_for_ready_rides_out_slow_startup() -> None:
     from sglang_client.testing import FakeSGLangServer
 
@@ -244,7 +244,7 @@ async def test_wait_for_ready_rides_out_slow_startup() -> None:
             assert (await client.health()).available
 
 
-@pytest.mark.fake_only
+@pytest.mark.fake_only("latency_per_token: a stream still running when left")
 async def test_break_releases_connection_for_reuse() -> None:
     from sglang_client.testing import FakeSGLangServer
 

@@ -285,7 +285,7 @@ def test_upstream_down_is_502_and_health_says_so(proxies: Callable[..., ProxyPro
     assert 'sglang_cached_upstream_errors_total{kind="connect"}' in proxy.get("/metrics").text
 
 
-@pytest.mark.fake_only  # time_to_first_token: an upstream slower than the proxy's --timeout
+@pytest.mark.fake_only("time_to_first_token: an upstream slower than the proxy's --timeout")
 def test_upstream_timeout_is_504(proxies: Callable[..., ProxyProcess]) -> None:
     with FakeSGLangServer(time_to_first_token=5.0) as slow:
         proxy = proxies(slow.url, "--timeout", "0.3", "--max-retries", "0", "--quiet")

@@ -50,7 +50,7 @@ def _load(
 
 
 @pytest.mark.timeout(30 + 15 * ROUNDS)
-@pytest.mark.fake_only  # counts on the fake's speed to write hundreds of entries a second
+@pytest.mark.fake_only("the fake's speed: hundreds of fresh answers a second to kill amid")
 def test_kill_9_under_load_keeps_every_acknowledged_answer(
     proxies: Callable[..., ProxyProcess], fake: FakeSGLangServer, tmp_path: Path
 ) -> None:

@@ -56,7 +56,7 @@ def test_kill_9_loses_nothing_acknowledged_once_flushed(
     assert relay.generated == generated
 
 
-@pytest.mark.fake_only  # watches the fake's in-flight requests to send SIGTERM mid-generation
+@pytest.mark.fake_only("latency_per_token and engine.inflight: SIGTERM mid-generation")
 def test_sigterm_finishes_in_flight_then_flushes_and_exits_0(
     proxies: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:

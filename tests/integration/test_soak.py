@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from soak import failures, run_soak  # noqa: E402
 
 
-@pytest.mark.fake_only  # injects faults into the fake and watches its generations
+@pytest.mark.fake_only("fault rates and the fake's engine: injects faults, watches generations")
 def test_short_soak_meets_every_target() -> None:
     result = run_soak(8.0, 32, 0.05, say=lambda _: None)
     assert result["requests"] > 500

@@ -1,0 +1,126 @@
+"""OpenAI logprobs and echo with the official ``openai`` SDK: on the server under test, through
+the proxy (cached under their own key, replayed exactly), and typed in ``SGLangClient``."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from sglang_client import SGLangClient
+
+openai = pytest.importorskip("openai")
+
+MESSAGES = [{"role": "user", "content": "Say something."}]
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+@pytest.mark.parametrize("target", ["server", "proxy"])
+def test_chat_logprobs_whole_and_streamed(target: str, sglang_url: str, proxy_url: str) -> None:
+    client = _client(sglang_url if target == "server" else proxy_url)
+    content = [{"role": "user", "content": f"logprobs {uuid.uuid4().hex}"}]
+    try:
+        whole = client.chat.completions.create(
+            model="default",
+            messages=content,
+            max_tokens=4,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        choice = whole.choices[0]
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert len(choice.logprobs.content) == whole.usage.completion_tokens
+        for entry in choice.logprobs.content:
+            assert isinstance(entry.token, str) and entry.logprob <= 0
+            assert bytes(entry.bytes or []).decode("utf-8", "replace") is not None
+            assert len(entry.top_logprobs) == 2
+        streamed = client.chat.completions.create(
+            model="default",
+            messages=MESSAGES,
+            max_tokens=4,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=1,
+            stream=True,
+        )
+        entries = [
+            e
+            for chunk in streamed
+            for c in chunk.choices
+            if c.logprobs is not None and c.logprobs.content
+            for e in c.logprobs.content
+        ]
+        assert entries and all(len(e.top_logprobs) == 1 for e in entries)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("target", ["server", "proxy"])
+def test_completions_logprobs_and_echo(target: str, sglang_url: str, proxy_url: str) -> None:
+    client = _client(sglang_url if target == "server" else proxy_url)
+    prompt = f"Once upon {uuid.uuid4().hex[:6]}"
+    try:
+        done = client.completions.create(
+            model="default", prompt=prompt, max_tokens=3, temperature=0, logprobs=2
+        )
+        logprobs = done.choices[0].logprobs
+        assert logprobs is not None
+        n = done.usage.completion_tokens
+        assert len(logprobs.tokens) == len(logprobs.token_logprobs) == n
+        assert len(logprobs.top_logprobs) == n and all(len(t) <= 2 for t in logprobs.top_logprobs)
+        assert "".join(logprobs.tokens) == done.choices[0].text
+        echoed = client.completions.create(
+            model="default", prompt=prompt, max_tokens=2, temperature=0, echo=True
+        )
+        assert echoed.choices[0].text.startswith(prompt)
+        pieces = client.completions.create(
+            model="default", prompt=prompt, max_tokens=3, temperature=0, logprobs=1, stream=True
+        )
+        tokens = [t for p in pieces for c in p.choices if c.logprobs for t in c.logprobs.tokens]
+        assert tokens
+    finally:
+        client.close()
+
+
+def test_the_proxy_replays_logprobs_exactly(proxy_url: str) -> None:
+    client = _client(proxy_url)
+    messages = [{"role": "user", "content": f"replay {uuid.uuid4().hex}"}]
+    asks = {"model": "default", "messages": messages, "max_tokens": 3, "temperature": 0.7}
+    try:
+        miss = client.chat.completions.with_raw_response.create(
+            **asks, logprobs=True, top_logprobs=2
+        )
+        hit = client.chat.completions.with_raw_response.create(
+            **asks, logprobs=True, top_logprobs=2
+        )
+        plain = client.chat.completions.with_raw_response.create(**asks)
+        assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
+        assert plain.headers["x-cache"] == "MISS"  # logprob requests have their own key
+        first, again = miss.parse().choices[0], hit.parse().choices[0]
+        assert first.logprobs == again.logprobs and first.message == again.message
+        replay = client.chat.completions.create(**asks, logprobs=True, top_logprobs=2, stream=True)
+        entries = [
+            e for c in replay for ch in c.choices if ch.logprobs for e in ch.logprobs.content
+        ]
+        assert entries == list(first.logprobs.content)
+    finally:
+        client.close()
+
+
+@pytest.mark.anyio
+async def test_sglang_client_types_logprobs(sglang_url: str) -> None:
+    async with SGLangClient(sglang_url) as client:
+        chat = await client.chat_completion(
+            MESSAGES, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2
+        )
+        completion = await client.completion("Once upon", max_tokens=3, logprobs=2)
+    logprobs = chat.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert isinstance(logprobs.content[0].token, str)
+    assert len(logprobs.content[0].top_logprobs) == 2
+    typed = completion.choices[0].logprobs
+    assert typed is not None and typed.tokens and typed.text_offset[0] == -1
