@@ -65,11 +65,18 @@ CACHED_ROUTES = {
     "/v1/completions": "completion",
     "/v1/chat/completions": "chat",
 }
-# SGLang checks the media type on the OpenAI routes only; curl -d sends form-urlencoded.
-_GENERATE_TYPES = frozenset({"application/json", "", "application/x-www-form-urlencoded"})
-_OPENAI_TYPES = frozenset({"application/json"})
-_MEMO_TYPES = frozenset({b"application/json", None})
-_MEMO_OPENAI_TYPES = frozenset({b"application/json"})
+_MEMO_TYPES = frozenset({b"application/json"})
+
+
+def _json_media(content_type: str, generate: bool) -> bool:
+    """Whether SGLang reads the body as JSON: its OpenAI routes want ``application/json``;
+    ``/generate`` (FastAPI) also takes ``application/*+json``, and refuses anything else,
+    no content type and curl -d's form type included (seen on SGLang 0.5.23)."""
+    if content_type == "application/json":
+        return True
+    return generate and content_type.startswith("application/") and content_type.endswith("+json")
+
+
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -204,8 +211,7 @@ class ProxyApp:
         failed auth check, a body over the limit, a disconnect) goes the full path.
         """
         headers = dict(scope["headers"])
-        allowed = _MEMO_TYPES if path == "/generate" else _MEMO_OPENAI_TYPES
-        if headers.get(b"content-type") not in allowed or b"cache-control" in headers:
+        if headers.get(b"content-type") not in _MEMO_TYPES or b"cache-control" in headers:
             return []
         tenant = None
         if self.gate.api_keys or self.config.isolate_by_key:
@@ -303,8 +309,7 @@ class ProxyApp:
         send: Send,
     ) -> tuple[int, str]:
         started = time.perf_counter()
-        allowed = _GENERATE_TYPES if kind == "generate" else _OPENAI_TYPES
-        if headers.content_type not in allowed:
+        if not _json_media(headers.content_type, kind == "generate"):
             message = (
                 "Unsupported Media Type: Only 'application/json' is allowed"
                 f" (got '{headers.content_type}')."

@@ -25,6 +25,7 @@ from sglang_client.testing._asgi import (
     dumps,
     flat_error,
     read_body,
+    require_object,
     send_bytes,
 )
 from sglang_client.testing._config import FakeServerConfig
@@ -189,6 +190,9 @@ class FakeSGLangApp:
     async def _generate(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive)
         self.stats.generate_requests += 1
+        if not _reads_json(scope):
+            # FastAPI hands a non-JSON body over as bytes, which the dataclass refuses.
+            require_object(body, "GenerateReqInput")
         draw = self._fault_drawer("/generate", receive, send)
         await self._native.handle(receive, send, body, draw)
 
@@ -272,6 +276,16 @@ def create_fake_app(config: FakeServerConfig | None = None, **overrides: Any) ->
 
 
 _VARY = (b"vary", b"Origin")
+
+
+def _reads_json(scope: Scope) -> bool:
+    """Whether FastAPI parses the body as JSON: ``application/json`` or ``application/*+json``
+    (no content type, ``text/plain`` and curl -d's form type are refused, as SGLang does)."""
+    value = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+    media = value.decode("latin-1").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def _with_vary(send: Send) -> Send:

@@ -67,6 +67,11 @@ def merge(a: Any, b: Any) -> Any:
         return ["list", merge(a[1], b[1])]
     if isinstance(a, Leaf) and isinstance(b, Leaf):
         return Leaf(a | b)
+    # null beside an object or list (a finish_reason before the end): the value not yet there
+    if a == Leaf({"null"}):
+        return b
+    if b == Leaf({"null"}):
+        return a
     return Leaf({"mixed"})
 
 

@@ -5,6 +5,8 @@
   a fake started here with a key.
 * ``incremental_url``: an SGLang with ``--incremental-streaming-output``:
   ``SGLANG_INCREMENTAL_URL``, else a fake with that flag.
+* ``paced_url``: a server that takes its time per token: a real SGLang anyway, else a fake
+  with ``latency_per_token`` (requests that must still be running when something happens);
 * ``relay``: a ``CountingRelay`` in front of the main server under test, for tests that
   count what reached it (the proxy's).
 
@@ -30,13 +32,14 @@ __all__ = [
     "ApiKeyServer",
     "api_key_server",
     "incremental_url",
+    "paced_url",
     "record_report",
     "relay",
     "write_report",
 ]
 
 REAL_FIXTURES = frozenset(
-    {"sglang_url", "proxy_url", "api_key_server", "incremental_url", "relay", "docs"}
+    {"sglang_url", "proxy_url", "api_key_server", "incremental_url", "relay", "docs", "paced_url"}
 )
 """Fixtures that are the server under test (a real one, when SGLANG_URL is set)."""
 
@@ -84,6 +87,22 @@ def incremental_url(pytestconfig: pytest.Config) -> Iterator[str]:
     from sglang_client.testing import FakeSGLangServer
 
     with FakeSGLangServer(incremental_streaming_output=True) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def paced_url(pytestconfig: pytest.Config) -> Iterator[str]:
+    """A server on which a long generation is still running a moment later."""
+    if _real(pytestconfig):
+        from .conftest import real_server_url
+
+        url = real_server_url(pytestconfig)
+        assert url is not None
+        yield url
+        return
+    from sglang_client.testing import FakeSGLangServer
+
+    with FakeSGLangServer(latency_per_token=0.01) as server:
         yield server.url
 
 

@@ -57,6 +57,7 @@ from ._targets import (  # noqa: F401 (fixtures, registered by being here)
     REAL_FIXTURES,
     api_key_server,
     incremental_url,
+    paced_url,
     record_report,
     relay,
     write_report,

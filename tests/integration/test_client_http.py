@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from sglang_client import (
@@ -90,6 +92,38 @@ async def test_bad_request_carries_server_message(sglang_url: str) -> None:
         assert info.value.status_code == 400
         with pytest.raises(BadRequestError, match="Either text, input_ids"):
             await client.generate_stream().collect()
+
+
+async def test_abort_ends_a_running_generation_with_its_reason(paced_url: str) -> None:
+    import anyio
+
+    rid = f"abort-{uuid.uuid4().hex}"
+    params = {"max_new_tokens": 1500, "ignore_eos": True, "temperature": 0.8}
+    results: list[GenerateResponse] = []
+    async with SGLangClient(paced_url, timeout=60) as client:
+
+        async def run() -> None:
+            r = await client.generate("Go on and on", sampling_params=params, rid=rid)
+            assert isinstance(r, GenerateResponse)
+            results.append(r)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await anyio.sleep(0.5)  # it is generating its 1500 tokens by now
+            await client.abort_request(rid)
+    (aborted,) = results
+    finish = aborted.meta_info.finish_reason
+    assert finish is not None and finish.type == "abort"
+    assert finish.message == "Aborted"
+    assert (finish.status_code, finish.err_type) == (None, None)  # a plain abort, no error
+    assert 0 < aborted.meta_info.completion_tokens < 1500
+
+
+async def test_model_info_has_the_embedding_block(sglang_url: str) -> None:
+    async with SGLangClient(sglang_url) as client:
+        info = await client.get_model_info()
+    assert isinstance(info.embedding, dict) and info.embedding["enabled"] is False
+    assert info.architectures and info.model_type
 
 
 async def test_info_routes_and_flush(sglang_url: str) -> None:

@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from sglang_client.cache import RedisStore
-from sglang_client.testing import FakeSGLangServer
 
 from . import test_proxy
 from ._relay import CountingRelay
@@ -55,13 +54,9 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def paced(is_real_server: bool, relay: CountingRelay) -> Iterator[CountingRelay]:
-    """The server under test, counted; on the fake, one that takes 10 ms a token (a real
-    SGLang takes its time anyway), so that concurrent requests overlap upstream."""
-    if is_real_server:
-        yield relay
-        return
-    with FakeSGLangServer(latency_per_token=0.01) as fake, CountingRelay(fake.url) as counted:
+def paced(paced_url: str) -> Iterator[CountingRelay]:
+    """A server that takes its time per token, counted: concurrent requests overlap upstream."""
+    with CountingRelay(paced_url) as counted:
         yield counted
 
 
