@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/client_overhead.py
 	$(PY) benchmarks/prefix_tree.py --quick
 	$(PY) benchmarks/cache.py
-	$(PY) benchmarks/proxy.py --quick
+	$(PY) benchmarks/proxy.py --quick --install-wrk
 
 # The long hardening runs: a 5-minute soak, 10 kill -9 rounds, 2000 fuzzed requests per target.
 soak: $(STAMP)

@@ -181,7 +181,11 @@ def ensure_wrk(install: bool) -> None:
     if shutil.which("wrk"):
         return
     if install and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
+        install_wrk = ["apt-get", "install", "-y", "-qq", "wrk"]
+        if subprocess.run(install_wrk, stdout=subprocess.DEVNULL, check=False).returncode:
+            # A fresh machine has no package lists yet.
+            subprocess.run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL, check=False)
+            subprocess.run(install_wrk, stdout=subprocess.DEVNULL, check=True)
         return
     sys.exit(
         f"wrk is not installed. Install it with:\n    {WRK_INSTALL}\n"

@@ -13,9 +13,11 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 from sglang_client.cache.stores._sqlite_schema import database_path, not_a_cache_file, private_dirs
 
@@ -68,6 +70,36 @@ def build_store(
             )
         return RedisStore(spec, prefix=redis_prefix, ttl=ttl)
     raise SystemExit(f"sglang-cached: --store must be sqlite, memory or redis://..., not {spec!r}")
+
+
+def _check_sglang_url(url: str) -> str:
+    """The ``--sglang-url`` to use; exit 2 with one line for one that cannot work."""
+    parts = urlsplit(url)
+    problem = None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        guess = url if "://" in url else f"http://{url}"
+        problem = f"needs a full URL with its scheme (did you mean {guess}?)"
+    elif parts.query or parts.fragment:
+        problem = "takes no query string or fragment"
+    elif parts.path.rstrip("/").endswith("/v1"):
+        root = url.rstrip("/")[: -len("/v1")]
+        problem = f"is SGLang's root, not its OpenAI path: use {root} (without /v1)"
+    if problem is not None:
+        print(f"sglang-cached: --sglang-url {url!r} {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return url.rstrip("/")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or exit 2 with one line (a taken port, an unknown address)."""
+    from sglang_client._net import bind_loopback
+
+    try:
+        return bind_loopback(host, port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"sglang-cached: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _check_cache_path(cache_path: str) -> None:
@@ -203,15 +235,21 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from sglang_client import SGLangClient
+    from sglang_client._extras import MissingExtraError, require
     from sglang_client.cache import CachedClient
     from sglang_client.server.app import ProxyConfig, create_app
 
+    try:
+        uvicorn = require("uvicorn", "sglang-cached start")
+    except MissingExtraError as exc:
+        print(f"sglang-cached: {exc}", file=sys.stderr)
+        return 2
     _configure_logging(args.quiet)
+    args.sglang_url = _check_sglang_url(args.sglang_url)
     if args.store == "sqlite":
         _check_cache_path(args.cache_path)
+    sock = _listen(args.host, args.port)
     store = build_store(args.store, args.cache_path, args.ttl, args.max_entries, args.redis_prefix)
     client = SGLangClient(
         args.sglang_url,
@@ -245,7 +283,7 @@ def _start(args: argparse.Namespace) -> int:
     # handler makes that a clean exit 0 instead of a death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(app, host=args.host, port=args.port, **UVICORN_OPTIONS)
+    uvicorn.Server(uvicorn.Config(app, **UVICORN_OPTIONS)).run(sockets=[sock])
     return 0
 
 

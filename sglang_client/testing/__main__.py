@@ -6,8 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
+from sglang_client._extras import MissingExtraError, require
 from sglang_client.testing._server import bind_loopback, quiet_injected_faults
 from sglang_client.testing.app import create_fake_app
 
@@ -45,6 +44,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until interrupted; print the URL once the socket listens."""
     args = parse_args(argv)
+    try:
+        uvicorn = require("uvicorn", "python -m sglang_client.testing")
+    except MissingExtraError as exc:
+        sys.exit(f"error: {exc}")
     options = vars(args)
     host, port = options.pop("host"), options.pop("port")
     try:

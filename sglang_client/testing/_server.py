@@ -8,10 +8,15 @@ import socket
 import threading
 import time
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import uvicorn
+
+from sglang_client._extras import require
+from sglang_client._net import bind_loopback
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from sglang_client.testing._config import FakeServerConfig
 from sglang_client.testing._faults import QuietInjectedFaults
@@ -25,22 +30,6 @@ def quiet_injected_faults() -> None:
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, QuietInjectedFaults) for f in logger.filters):
         logger.addFilter(QuietInjectedFaults())
-
-
-def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket (port 0 picks a free port); binding first avoids port races."""
-    # proto=IPPROTO_TCP matters: asyncio enables TCP_NODELAY on accepted sockets only then,
-    # and without it every response pays a 40 ms Nagle/delayed-ACK stall.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class ThreadedServer:
@@ -74,6 +63,7 @@ class ThreadedServer:
         """
         if self._server is not None:
             raise RuntimeError("the server is already running")
+        uvicorn = require("uvicorn", "the fake SGLang server")
         sock = bind_loopback()
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(

@@ -278,16 +278,12 @@ async def test_wait_for_ready_rides_out_slow_startup() -> None:
             assert (await client.health()).available
 
 
-@pytest.mark.fake_only("latency_per_token: a stream still running when left")
-async def test_break_releases_connection_for_reuse() -> None:
-    from sglang_client.testing import FakeSGLangServer
-
-    async with FakeSGLangServer(latency_per_token=0.01) as server:
-        async with SGLangClient(server.url, max_connections=1) as client:
-            for _ in range(3):  # with one connection, a leaked one would hang the next call
-                async for _chunk in client.generate_stream(
-                    "x", sampling_params={"max_new_tokens": 50}
-                ):
-                    break
-            r = await client.generate("x", sampling_params=GREEDY, timeout=5)
-            assert isinstance(r, GenerateResponse)
+async def test_break_releases_connection_for_reuse(paced_url: str) -> None:
+    # A long stream (still running when left), and one connection: a leaked one would hang.
+    long = {"max_new_tokens": 500, "ignore_eos": True}
+    async with SGLangClient(paced_url, max_connections=1) as client:
+        for _ in range(3):
+            async for _chunk in client.generate_stream("x", sampling_params=long):
+                break
+        r = await client.generate("x", sampling_params=GREEDY, timeout=30)
+        assert isinstance(r, GenerateResponse)

@@ -277,6 +277,8 @@ def summarize(report: Path) -> None:
         reasons[test["reason"]] = reasons.get(test["reason"], 0) + 1
     for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
         say(f"  skipped {count}: {reason}")
+    others = sorted({t["nodeid"].split("::")[0] for t in passed if not t["real"]})
+    say(f"{len(passed) - len(reached)} passed without any SGLang server (in: {', '.join(others)})")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -173,3 +173,74 @@ def test_offline_commands_on_a_missing_cache(
 def test_offline_stats_on_a_memory_store(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stats", "--store", "memory"]) == 0
     assert json.loads(capsys.readouterr().out)["num_keys"] == 0
+
+
+# ------------------------------------------------------------------ the first minutes
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("127.0.0.1:30000", "did you mean http://127.0.0.1:30000?"),
+        ("localhost", "did you mean http://localhost?"),
+        ("ftp://127.0.0.1:30000", "needs a full URL with its scheme"),
+        ("http://127.0.0.1:30000/v1", "use http://127.0.0.1:30000 (without /v1)"),
+        ("http://127.0.0.1:30000/v1/", "use http://127.0.0.1:30000 (without /v1)"),
+        ("http://127.0.0.1:30000/?x=1", "no query string"),
+    ],
+)
+def test_start_refuses_an_sglang_url_that_cannot_work(
+    url: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["start", "--sglang-url", url, "--store", "memory"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err, err
+
+
+def test_start_on_a_taken_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["start", "--sglang-url", "http://127.0.0.1:9", "--store", "memory"]
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--port", str(port)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sglang-cached: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+WITHOUT_UVICORN = (
+    "import sys, runpy; sys.modules['uvicorn'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_module(sys.argv[0], run_name='__main__')"
+)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "code"),
+    [
+        ("sglang_client.server.cli", ["start", "--sglang-url", "http://127.0.0.1:9"], 2),
+        ("sglang_client.testing", ["--port", "0"], 1),
+    ],
+)
+def test_without_the_server_extra_one_line_says_what_to_install(
+    module: str, args: list[str], code: int
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_UVICORN, module, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "pip install 'sglang-client[server]'" in lines[0]
