@@ -159,7 +159,9 @@ class Generation:
         if self._rng is not None:
             rank = bisect.bisect_left(self._cumulative, self._rng.random())
         h = hash((self._state, rank, _SALT)) & _MASK
-        if allow_stop and not params.ignore_eos and (h >> 40) % 1000 < _EOS_PER_MILLE:
+        if params.logit_bias:
+            token = self._biased(allow_stop and not params.ignore_eos)
+        elif allow_stop and not params.ignore_eos and (h >> 40) % 1000 < _EOS_PER_MILLE:
             token = EOS_TOKEN_ID
         else:
             choices = self._choices
@@ -182,6 +184,28 @@ class Generation:
             self.finish_reason = {"type": "stop", "matched": token}
         elif params.stop and count > params.min_new_tokens:
             self._check_stop_strings(previous)
+
+    def _biased(self, allow_eos: bool) -> int:
+        """The next token with ``logit_bias`` added to the pseudo model's scores.
+
+        Candidate rank ``r`` scores ``-r`` (the scale ``_cumulative`` samples on), any other
+        token ``-16``; a bias is added to its token's score. Greedy takes the best score,
+        sampling draws with the request's temperature: a bias of +100 forces its token, -100
+        bans it, as on SGLang.
+        """
+        scores: dict[int, float] = {}
+        for rank in range(_MAX_CANDIDATES):
+            token = candidate(self._tokenizer, self._state, rank, allow_eos)[0]
+            scores.setdefault(token, -float(rank))
+        for token, bias in self.params.logit_bias:
+            scores[token] = scores.get(token, -float(_MAX_CANDIDATES)) + bias
+        if self._rng is None:
+            return max(scores, key=lambda t: (scores[t], -t))
+        top = max(scores.values())
+        temperature = 2.0 * self.params.temperature
+        tokens = sorted(scores)
+        weights = [math.exp((scores[t] - top) / temperature) for t in tokens]
+        return self._rng.choices(tokens, weights)[0]
 
     def _check_stop_strings(self, previous: int) -> None:
         text = self._text

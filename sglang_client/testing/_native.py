@@ -64,6 +64,19 @@ def stream_error_event(message: str) -> bytes:
     return sse_event({"error": error})
 
 
+class RequestAborted(ValueError):
+    """A request SGLang's scheduler aborts with status 400 (like a session it cannot continue):
+    a 400 when not streaming, a 200 stream with one abort event otherwise."""
+
+
+def _pick(data: dict[str, Any], name: str, prompt: int, default: Any) -> Any:
+    """A per-prompt field's value for ``prompt`` (a list is indexed, a scalar shared)."""
+    value = data.get(name)
+    if isinstance(value, list):
+        return value[prompt] if prompt < len(value) else default
+    return default if value is None else value
+
+
 class NativeGenerate:
     """The ``/generate`` route over an ``Engine``."""
 
@@ -91,7 +104,7 @@ class NativeGenerate:
         try:
             run, is_array = self._plan(data)
             run.stream = stream
-        except SessionError as exc:
+        except (SessionError, RequestAborted) as exc:
             await self._session_abort(send, data, stream, str(exc))
             return
         except ValueError as exc:
@@ -167,10 +180,24 @@ class NativeGenerate:
                 if isinstance(get(name), list) and (name != "token_ids_logprob" or is_batch):
                     raise ValueError(f"Cannot use list {name} with parallel_sample_num > 1")
         rids = self._rids(get("rid"), len(prompts), is_batch)
+        self._check_logprob_start(data, prompts)
         session_list = sessions if any(s is not None for s in sessions) else None
         run = self.engine.make_run(prompts, params, rids, session_list)
         self._attach_logprobs(data, run, n)
         return run, is_batch or n > 1
+
+    @staticmethod
+    def _check_logprob_start(data: dict[str, Any], prompts: list[list[int]]) -> None:
+        """SGLang's scheduler refuses input logprobs that would start past the input (with
+        ``return_logprob``; without, the start is ignored)."""
+        for p, prompt in enumerate(prompts):
+            start = _pick(data, "logprob_start_len", p, -1)
+            if _pick(data, "return_logprob", p, False) and start > len(prompt):
+                raise RequestAborted(
+                    f"req.logprob_start_len={start} is higher than the number of input tokens"
+                    f" len(req.origin_input_ids)={len(prompt)}."
+                    " Please use a smaller logprob_start_len."
+                )
 
     def _attach_logprobs(self, data: dict[str, Any], run: Run, n: int) -> None:
         wanted = data.get("return_logprob")
@@ -178,10 +205,7 @@ class NativeGenerate:
             return
 
         def pick(name: str, prompt: int, default: Any) -> Any:
-            value = data.get(name)
-            if isinstance(value, list):
-                return value[prompt] if prompt < len(value) else default
-            return default if value is None else value
+            return _pick(data, name, prompt, default)
 
         with_text = bool(data.get("return_text_in_logprobs"))
         for sub in run.subs:

@@ -209,6 +209,7 @@ class SamplingParams:
     no_stop_trim: bool = False
     sampling_seed: int | None = None
     stream_interval: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def is_greedy(self) -> bool:
@@ -277,13 +278,17 @@ def _parse_sampling_params(raw: dict[str, Any], vocab_size: int) -> SamplingPara
             raise ValueError(
                 f"min_new_tokens must be in [0, max_new_tokens({max_new})], got {min_new}."
             )
-    for token in get("logit_bias") or {}:
+    bias: list[tuple[int, float]] = []
+    for token, value in (get("logit_bias") or {}).items():
         try:
             valid = 0 <= int(token) < vocab_size
         except ValueError:
             valid = False
         if not valid:
             raise ValueError(f"logit_bias must has keys in [0, {vocab_size - 1}], got {token}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"logit_bias values must be numbers, got {value!r} for {token}.")
+        bias.append((int(token), float(value)))
     grammars = [get(k) for k in ("json_schema", "regex", "ebnf", "structural_tag")]
     if sum(1 for g in grammars if g) > 1:
         raise ValueError("Only one of json_schema, regex, ebnf, or structural_tag can be set.")
@@ -320,4 +325,5 @@ def _parse_sampling_params(raw: dict[str, Any], vocab_size: int) -> SamplingPara
         no_stop_trim=bool(get("no_stop_trim")),
         sampling_seed=get("sampling_seed"),
         stream_interval=interval,
+        logit_bias=tuple(sorted(bias)),
     )

@@ -124,3 +124,59 @@ async def test_sglang_client_types_logprobs(sglang_url: str) -> None:
     assert len(logprobs.content[0].top_logprobs) == 2
     typed = completion.choices[0].logprobs
     assert typed is not None and typed.tokens and typed.text_offset[0] == -1
+
+
+def test_logit_bias_forces_and_bans_tokens(sglang_url: str) -> None:
+    import httpx
+
+    def generate(bias: dict[str, float] | None) -> list[int]:
+        params = {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True}
+        if bias is not None:
+            params["logit_bias"] = bias
+        body = {"text": "Bias me", "sampling_params": params}
+        response = httpx.post(sglang_url + "/generate", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        ids: list[int] = response.json()["output_ids"]
+        return ids
+
+    plain = generate(None)
+    forced_token = (plain[0] + 7) % 1000 + 100  # some ordinary token of either vocabulary
+    assert generate({str(forced_token): 100}) == [forced_token] * 4
+    banned = generate({str(t): -100 for t in set(plain)})
+    assert not set(banned) & set(plain)
+    client = _client(sglang_url)
+    try:
+        text = client.completions.create(
+            model="default",
+            prompt="Bias me",
+            max_tokens=3,
+            temperature=0,
+            logit_bias={str(forced_token): 100},
+        )
+        assert text.usage.completion_tokens == 3
+    finally:
+        client.close()
+
+
+def test_logprob_start_len_beyond_the_input_is_refused(sglang_url: str) -> None:
+    import json
+
+    import httpx
+
+    body = {
+        "text": "Hello world",
+        "sampling_params": {"max_new_tokens": 2},
+        "return_logprob": True,
+        "logprob_start_len": 500,
+    }
+    whole = httpx.post(sglang_url + "/generate", json=body, timeout=60)
+    assert whole.status_code == 400
+    assert "logprob_start_len" in whole.json()["error"]["message"]
+    streamed = httpx.post(sglang_url + "/generate", json={**body, "stream": True}, timeout=60)
+    assert streamed.status_code == 200
+    events = [json.loads(b[6:]) for b in streamed.text.split("\n\n") if b.startswith("data: {")]
+    finish = events[-1]["meta_info"]["finish_reason"]
+    assert (finish["type"], finish["status_code"]) == ("abort", 400)
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    ignored = httpx.post(sglang_url + "/generate", json={**body, "return_logprob": False})
+    assert ignored.status_code == 200  # without logprobs, the start is not checked
