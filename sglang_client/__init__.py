@@ -43,6 +43,7 @@ from sglang_client.types import (
     MetaInfo,
     ModelInfo,
     ServerInfo,
+    ServerLoad,
     StreamChunk,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "SGLangClient",
     "SGLangError",
     "ServerInfo",
+    "ServerLoad",
     "ServerOverloadedError",
     "Session",
     "SessionManager",

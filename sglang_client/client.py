@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 from pydantic import ValidationError
 
 from sglang_client._bodies import generate_body, prompt_value
@@ -26,9 +24,10 @@ from sglang_client._defaults import (
     NOT_GIVEN,
     NotGiven,
 )
+from sglang_client._health import check_health, read_load, wait_until_ready
 from sglang_client._http import HTTPPipeline, HTTPResponse, TimeoutTypes
 from sglang_client._retry import RetryPolicy
-from sglang_client.errors import APITimeoutError, NotFoundError, SGLangError, StreamError
+from sglang_client.errors import NotFoundError, SGLangError, StreamError
 from sglang_client.streaming import (
     AsyncStream,
     DeltaTracker,
@@ -47,6 +46,7 @@ from sglang_client.types import (
     HealthStatus,
     ModelInfo,
     ServerInfo,
+    ServerLoad,
     StreamChunk,
 )
 
@@ -305,50 +305,41 @@ class SGLangClient:
 
         return self._stream("/generate", body, timeout, parse)
 
-    async def health(self, *, timeout: float = 5.0) -> HealthStatus:
+    async def health(self, *, timeout: float = 5.0, detailed: bool = False) -> HealthStatus:
         """Check ``GET /health`` once; never raises.
 
-        Returns:
-            ``HealthStatus(available, latency, error, status_code)``.
-        """
-        started = time.perf_counter()
-        try:
-            self._check_open()
-            response = await self._http.probe("/health", timeout)
-        except Exception as exc:
-            return HealthStatus(
-                available=False,
-                latency=time.perf_counter() - started,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-        latency = time.perf_counter() - started
-        ok = response.status_code == 200
-        error = None if ok else (response.text.strip() or f"HTTP {response.status_code}")
-        return HealthStatus(
-            available=ok, latency=latency, error=error, status_code=response.status_code
-        )
+        Args:
+            detailed: also read the server's load into ``HealthStatus.load`` (one more call).
 
-    async def wait_for_ready(self, timeout: float = 120.0, *, interval: float = 0.5) -> None:
+        Returns:
+            ``HealthStatus(available, latency, error, status_code, load)``.
+        """
+        return await check_health(self, timeout, detailed)
+
+    async def load(self, *, timeout: float = 5.0) -> ServerLoad:
+        """How busy the server is: queue, running requests, KV cache, memory, throughput.
+
+        Read from ``/metrics`` when the server exposes it (``--enable-metrics``), else from
+        ``/server_info``; a figure the server does not give is ``None``.
+
+        Raises:
+            SGLangError: the server could not be read.
+        """
+        return await read_load(self, timeout)
+
+    async def wait_for_ready(
+        self, timeout: float = 120.0, *, interval: float = 0.5, max_queue: int | None = None
+    ) -> None:
         """Poll ``/health`` until the server answers 200.
+
+        Args:
+            max_queue: also wait until at most this many requests are queued (only on a
+                server that reports its queue, i.e. with ``--enable-metrics``).
 
         Raises:
             APITimeoutError: the server was not ready within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        last: HealthStatus | None = None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            last = await self.health(timeout=max(0.05, min(5.0, remaining)))
-            if last.available:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await anyio.sleep(min(interval, remaining))
-        detail = f" (last: {last.error})" if last is not None and last.error else ""
-        raise APITimeoutError(f"{self.base_url} was not ready after {timeout:g} s{detail}")
+        await wait_until_ready(self, timeout, interval, max_queue)
 
     async def _get_with_fallback(
         self, path: str, old_path: str, timeout: TimeoutTypes | NotGiven

@@ -30,6 +30,7 @@ __all__ = [
     "MetaInfo",
     "ModelInfo",
     "ServerInfo",
+    "ServerLoad",
     "StreamChunk",
     "TokenLogprob",
     "TopLogprob",
@@ -103,13 +104,46 @@ class StreamChunk(_Model):
     finish_reason: FinishReason | None = None
 
 
+class ServerLoad(_Model):
+    """How busy a server is, from ``SGLangClient.load()``; ``None``: the server did not say.
+
+    Attributes:
+        source: ``"metrics"`` (``/metrics``, with ``--enable-metrics``) or ``"server_info"``
+            (no queue or running counts there).
+        read_at: when it was read (epoch seconds).
+        queue_length: requests waiting for the scheduler.
+        running_requests: requests being generated.
+        token_usage: the share (0..1) of the KV cache running requests hold.
+        kv_tokens_used: KV-cache tokens in use.
+        kv_token_capacity: KV-cache tokens in all (``max_total_num_tokens``).
+        memory_gb: GPU (or CPU) memory by kind: ``weight``, ``kvcache``, ``graph``.
+        cache_hit_rate: the prefix cache's hit rate (0..1).
+        gen_throughput: tokens generated per second, lately.
+    """
+
+    source: str
+    read_at: float
+    queue_length: int | None = None
+    running_requests: int | None = None
+    token_usage: float | None = None
+    kv_tokens_used: int | None = None
+    kv_token_capacity: int | None = None
+    memory_gb: dict[str, float] = Field(default_factory=dict)
+    cache_hit_rate: float | None = None
+    gen_throughput: float | None = None
+
+
 class HealthStatus(_Model):
-    """The outcome of ``SGLangClient.health()``; never an exception."""
+    """The outcome of ``SGLangClient.health()``; never an exception.
+
+    ``load`` is filled by ``health(detailed=True)`` (``None`` if it could not be read).
+    """
 
     available: bool
     latency: float
     error: str | None = None
     status_code: int | None = None
+    load: ServerLoad | None = None
 
 
 class ModelInfo(_Model):

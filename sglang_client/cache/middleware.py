@@ -23,6 +23,7 @@ from sglang_client.types import (
     HealthStatus,
     ModelInfo,
     ServerInfo,
+    ServerLoad,
     StreamChunk,
 )
 
@@ -158,13 +159,19 @@ class CachedClient(CacheEngine):
         async for chunk in _typed(stream, CompletionChunk.model_validate):
             yield chunk
 
-    async def health(self, *, timeout: float = 5.0) -> HealthStatus:
+    async def health(self, *, timeout: float = 5.0, detailed: bool = False) -> HealthStatus:
         """The upstream's health (never raises)."""
-        return await self.client.health(timeout=timeout)
+        return await self.client.health(timeout=timeout, detailed=detailed)
 
-    async def wait_for_ready(self, timeout: float = 120.0, *, interval: float = 0.5) -> None:
+    async def load(self, *, timeout: float = 5.0) -> ServerLoad:
+        """The upstream's load (see ``SGLangClient.load``)."""
+        return await self.client.load(timeout=timeout)
+
+    async def wait_for_ready(
+        self, timeout: float = 120.0, *, interval: float = 0.5, max_queue: int | None = None
+    ) -> None:
         """Wait for the upstream to be ready."""
-        await self.client.wait_for_ready(timeout, interval=interval)
+        await self.client.wait_for_ready(timeout, interval=interval, max_queue=max_queue)
 
     async def get_model_info(self) -> ModelInfo:
         """The upstream's ``/model_info``."""

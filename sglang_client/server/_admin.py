@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 
 from sglang_client.cache.keys import TENANT_FIELD
 from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
+from sglang_client.errors import SGLangError
 from sglang_client.server._asgi import Scope, Send, error_body, send_bytes, send_json
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class AdminRoutes:
 
     async def health(self, send: Send) -> int:
         """``GET /health``: 200 while the proxy serves, with its store's and upstream's state."""
-        upstream = await self.cached.client.health(timeout=2.0)
+        upstream = await self.cached.client.health(timeout=2.0, detailed=True)
+        load = upstream.load.model_dump() if upstream.load is not None else None
         body = {
             "status": "ok" if upstream.available else "degraded",
             "uptime": round(time.time() - self.started, 3),
@@ -149,6 +151,7 @@ class AdminRoutes:
                 "latency": upstream.latency,
                 "status_code": upstream.status_code,
                 "error": upstream.error,
+                "load": load,
             },
         }
         await send_json(send, 200, body)
@@ -157,6 +160,10 @@ class AdminRoutes:
     async def prometheus(self, send: Send) -> int:
         """``GET /metrics``: Prometheus text."""
         counters = self.cached.counters
+        try:
+            load = await self.cached.client.load(timeout=2.0)
+        except SGLangError:
+            load = None  # the upstream's figures are an extra: the proxy's own still count
         text = self.metrics.render(
             counters.hits,
             counters.misses,
@@ -164,6 +171,7 @@ class AdminRoutes:
             self.cached.store.pending_writes,
             counters.store_errors,
             self.cached.store_failing,
+            load,
         )
         await send_bytes(send, 200, text.encode(), [_PROMETHEUS_TYPE])
         return 200

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sglang_client.types import ServerLoad
 
 __all__ = ["Metrics"]
 
@@ -49,8 +53,9 @@ class Metrics:
         pending_writes: int,
         store_errors: int = 0,
         store_failing: bool = False,
+        upstream: ServerLoad | None = None,
     ) -> str:
-        """The exposition text."""
+        """The exposition text (with the upstream's load when it could be read)."""
         lines = [
             "# HELP sglang_cached_requests_total Requests served, by route, cache and status.",
             "# TYPE sglang_cached_requests_total counter",
@@ -97,4 +102,28 @@ class Metrics:
                 )
             lines.append(f'sglang_cached_request_seconds_sum{{cache="{cache}"}} {hist.total}')
             lines.append(f'sglang_cached_request_seconds_count{{cache="{cache}"}} {hist.count}')
+        if upstream is not None:
+            lines += _upstream_lines(upstream)
         return "\n".join(lines) + "\n"
+
+
+_UPSTREAM_GAUGES = (
+    ("queue_length", "Requests waiting in the upstream's queue."),
+    ("running_requests", "Requests the upstream is generating."),
+    ("token_usage", "The share of the upstream's KV cache that running requests hold."),
+    ("kv_token_capacity", "KV-cache tokens of the upstream."),
+    ("cache_hit_rate", "The upstream's prefix cache hit rate."),
+    ("gen_throughput", "The upstream's generation throughput (tokens/s)."),
+)
+
+
+def _upstream_lines(load: ServerLoad) -> list[str]:
+    """The upstream's load as gauges (only the figures it reported)."""
+    lines = []
+    for field, text in _UPSTREAM_GAUGES:
+        value = getattr(load, field)
+        if value is None:
+            continue
+        name = f"sglang_cached_upstream_{field}"
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {float(value)}"]
+    return lines

@@ -35,6 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--context-length", type=int, default=4096)
     add("--stream-interval", type=int, default=1)
     add("--radix-cache-tokens", type=int, default=1_000_000)
+    add("--max-running-requests", type=int, default=None)
     add("--enable-metrics", action="store_true")
     add("--enable-cache-report", action="store_true")
     add("--seed", type=int, default=None)

@@ -34,6 +34,8 @@ class FakeServerConfig:
         radix_cache_tokens: Token budget of the simulated radix (prefix) cache, LRU-evicted.
         stream_interval: Default tokens per stream chunk (``--stream-interval``).
         weight_version: What ``meta_info.weight_version`` reports (``--weight-version``).
+        max_running_requests: Sub-requests generated at once (``--max-running-requests``);
+            with latency, the rest wait in the queue (``None``: no limit).
 
     Example:
         ```python
@@ -59,6 +61,7 @@ class FakeServerConfig:
     radix_cache_tokens: int = 1_000_000
     stream_interval: int = 1
     weight_version: str = "default"
+    max_running_requests: int | None = None
 
     def __post_init__(self) -> None:
         if self.served_model_name is None:
@@ -77,6 +80,10 @@ class FakeServerConfig:
             raise ValueError(f"radix_cache_tokens must be >= 0, got {self.radix_cache_tokens}")
         if self.stream_interval < 1:
             raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if self.max_running_requests is not None and self.max_running_requests < 1:
+            raise ValueError(
+                f"max_running_requests must be >= 1 or None, got {self.max_running_requests}"
+            )
 
     @property
     def model_name(self) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +132,9 @@ class Engine:
         self.cache = RadixCache(config.radix_cache_tokens)
         self.sessions = SessionStore()
         self.inflight: dict[str, tuple[Sub, Run]] = {}
+        self.running = 0  # sub-requests holding a slot (paced runs)
+        self.queued = 0  # sub-requests waiting for one (max_running_requests)
+        self._freed: anyio.Event | None = None  # set when a slot frees or a run aborts
 
     # -- building ----------------------------------------------------------------------------
 
@@ -277,6 +281,42 @@ class Engine:
         with anyio.move_on_after(seconds):
             await run.wake.wait()
 
+    @asynccontextmanager
+    async def slot(self, run: Run) -> AsyncIterator[None]:
+        """Hold ``run``'s sub-requests among the running ones, queueing while the server is
+        full (``max_running_requests``); an aborted run leaves the queue at once."""
+        need = len(run.subs)
+        limit = self.config.max_running_requests
+        self.queued += need
+        try:
+            while (
+                limit is not None
+                and self.running
+                and self.running + need > limit
+                and not all(sub.abort_requested for sub in run.subs)
+            ):
+                if self._freed is None or self._freed.is_set():
+                    self._freed = anyio.Event()
+                await self._freed.wait()
+        finally:
+            self.queued -= need
+        self.running += need
+        try:
+            yield
+        finally:
+            self.running -= need
+            self._wake_queue()
+
+    def _wake_queue(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
+
+    def tokens_in_use(self) -> int:
+        """KV-cache tokens the in-flight sub-requests hold (prompt plus output)."""
+        return sum(
+            len(sub.prompt_ids) + len(sub.gen.output_ids) for sub, _ in self.inflight.values()
+        )
+
     def abort(self, rids: list[str] | None) -> None:
         """Abort in-flight sub-requests by rid (``None``: all); unknown rids are ignored."""
         targets = (
@@ -288,6 +328,7 @@ class Engine:
             sub.abort_requested = True
             if run.wake is not None:
                 run.wake.set()
+        self._wake_queue()
 
     def finish(self, run: Run) -> None:
         """Book a run that ended: cache, sessions, counters; forget its rids (once).

@@ -355,7 +355,7 @@ class NativeGenerate:
             return
         async with anyio.create_task_group() as group:
             group.start_soon(self._watch_disconnect, receive, run)
-            async with aclosing(engine.ticks(run)) as ticks:
+            async with engine.slot(run), aclosing(engine.ticks(run)) as ticks:
                 async for moved in ticks:
                     if not await on_moved(moved):
                         break

@@ -40,7 +40,9 @@ _METRICS: tuple[tuple[str, str, str], ...] = (
     ("gen_throughput", "gauge", "The generation throughput (token/s)."),
     ("cache_hit_rate", "gauge", "The prefix cache hit rate."),
     ("token_usage", "gauge", "The token usage."),
+    ("num_used_tokens", "gauge", "The number of used tokens."),
     ("max_total_num_tokens", "gauge", "Maximum total number of tokens in the KV cache pool."),
+    ("weight_memory_usage_gb", "gauge", "Memory used by model weights in GB."),
     ("kv_cache_memory_usage_gb", "gauge", "Memory used by the KV cache pools in GB."),
     ("http_requests_total", "counter", "Total number of HTTP requests by endpoint and method"),
     ("prompt_tokens_total", "counter", "Number of prefill tokens processed."),
@@ -171,6 +173,7 @@ class MiscRoutes:
                             "kvcache": 0.0,
                             "token_capacity": config.radix_cache_tokens,
                             "token_capacity_swa": None,
+                            "graph": {"prefill": 0.0, "decode": 0.0},
                         },
                         "effective_max_running_requests_per_dp": 4096,
                     }
@@ -294,7 +297,7 @@ class MiscRoutes:
         stats = self.app.stats
         engine, config = self.engine, self.config
         elapsed = max(time.monotonic() - self.app.started_at, 1e-9)
-        used = engine.cache.total_tokens
+        used = engine.tokens_in_use()
         model = f'model_name="{config.model_name}"'
         sched = f'engine_type="unified",{model},moe_ep_rank="0",pp_rank="0",tp_rank="0"'
         streamed = stats.streamed
@@ -304,12 +307,15 @@ class MiscRoutes:
             "num_requests_total": (stats.completions_generated, streamed["completions_generated"]),
         }
         gauges = {
-            "num_running_reqs": len(engine.inflight),
-            "num_queue_reqs": 0,
+            "num_running_reqs": len(engine.inflight) - engine.queued,
+            "num_queue_reqs": engine.queued,
             "gen_throughput": stats.generation_tokens / elapsed,
             "cache_hit_rate": stats.cached_tokens / max(stats.prompt_tokens, 1),
+            # As SGLang: the share of the KV cache that running requests hold.
             "token_usage": used / max(config.radix_cache_tokens, 1),
+            "num_used_tokens": used,
             "max_total_num_tokens": config.radix_cache_tokens,
+            "weight_memory_usage_gb": 0.0,
             "kv_cache_memory_usage_gb": 0.0,
         }
         lines = []

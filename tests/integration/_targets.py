@@ -102,7 +102,7 @@ def paced_url(pytestconfig: pytest.Config) -> Iterator[str]:
         return
     from sglang_client.testing import FakeSGLangServer
 
-    with FakeSGLangServer(latency_per_token=0.01) as server:
+    with FakeSGLangServer(latency_per_token=0.01, enable_metrics=True) as server:
         yield server.url
 
 

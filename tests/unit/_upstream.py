@@ -40,6 +40,8 @@ class Upstream:
         path = request.url.path
         if path == "/model_info":
             return httpx.Response(200, json={"model_path": "mock/model"})
+        if request.method == "GET" or not request.content:
+            return httpx.Response(404, json={"detail": "Not Found"})  # /metrics, /server_info
         body = json.loads(request.content)
         self.calls.append({"path": path, **body})
         if path == "/generate":
