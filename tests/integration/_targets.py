@@ -102,7 +102,9 @@ def paced_url(pytestconfig: pytest.Config) -> Iterator[str]:
         return
     from sglang_client.testing import FakeSGLangServer
 
-    with FakeSGLangServer(latency_per_token=0.01, enable_metrics=True) as server:
+    # Like make test-real's main server: metrics on, at most 4 running, the rest queued.
+    config = {"latency_per_token": 0.01, "enable_metrics": True, "max_running_requests": 4}
+    with FakeSGLangServer(**config) as server:
         yield server.url
 
 

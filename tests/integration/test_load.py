@@ -13,6 +13,8 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_load_rises_under_load_and_falls_back(paced_url: str) -> None:
+    # paced_url runs at most 4 requests at once (both the fake and make test-real's SGLang):
+    # 6 at once must queue.
     long_prompt = "word " * 500  # a long prompt: its tokens sit in the KV cache while it runs
     params = {"max_new_tokens": 300, "ignore_eos": True, "temperature": 0.8}
     seen: list[ServerLoad] = []
@@ -25,7 +27,7 @@ async def test_load_rises_under_load_and_falls_back(paced_url: str) -> None:
 
         async def busy() -> None:
             async with anyio.create_task_group() as group:
-                for i in range(4):
+                for i in range(6):
                     text = long_prompt if i == 0 else f"short {i}"
                     group.start_soon(lambda t=text: client.generate(t, sampling_params=params))
             done.set()
@@ -35,7 +37,7 @@ async def test_load_rises_under_load_and_falls_back(paced_url: str) -> None:
             for _ in range(400):
                 load = await client.load()
                 seen.append(load)
-                if done.is_set() or (load.running_requests or 0) >= 2:
+                if done.is_set() or (load.queue_length or 0) >= 1:
                     break
                 await anyio.sleep(0.02)
         for _ in range(200):  # the gauges settle once the requests are done
@@ -44,6 +46,7 @@ async def test_load_rises_under_load_and_falls_back(paced_url: str) -> None:
                 break
             await anyio.sleep(0.05)
     assert max(s.running_requests or 0 for s in seen) >= 2
+    assert max(s.queue_length or 0 for s in seen) >= 1
     assert max(s.kv_tokens_used or 0 for s in seen) >= 300  # the long prompt, at least
     assert max(s.token_usage or 0 for s in seen) > 0
     assert (after.running_requests, after.queue_length) == (0, 0)

@@ -6,9 +6,10 @@ One command on a fresh machine. It
    list ``constraints.txt``; SGLang itself with ``--no-deps``), cached under ``.real-sglang/``
    (or ``$SGLANG_REAL_HOME``) and rebuilt only when those files change;
 2. builds the tiny model and tokenizer locally (``build_model.py``; no hub);
-3. starts real SGLang on loopback three times: the main server (with ``--enable-metrics``), one
-   with ``--api-key`` and one with ``--incremental-streaming-output``, each on the CPU engine
-   with the stand-in ``sgl_kernel`` of this folder on its ``PYTHONPATH``;
+3. starts real SGLang on loopback three times: the main server (with ``--enable-metrics`` and
+   ``--max-running-requests 4``), one with ``--api-key`` and one with
+   ``--incremental-streaming-output``, each on the CPU engine with the stand-in ``sgl_kernel``
+   of this folder on its ``PYTHONPATH``;
 4. runs ``pytest tests/integration`` against them (extra arguments go to pytest), and
 5. stops every process it started, also on a failure or Ctrl-C.
 
@@ -285,7 +286,8 @@ def main(argv: Sequence[str]) -> int:
     started = time.monotonic()
     root = home()
     servers = [
-        Server("main", ("--enable-metrics",)),
+        # A small running limit, so that load tests can see requests queue on a real server.
+        Server("main", ("--enable-metrics", "--max-running-requests", "4")),
         Server("api-key", ("--api-key", API_KEY)),
         Server("incremental", ("--incremental-streaming-output",)),
     ]
