@@ -37,7 +37,9 @@ async def test_load_rises_under_load_and_falls_back(paced_url: str) -> None:
             for _ in range(400):
                 load = await client.load()
                 seen.append(load)
-                if done.is_set() or (load.queue_length or 0) >= 1:
+                queued = max(s.queue_length or 0 for s in seen)
+                running = max(s.running_requests or 0 for s in seen)
+                if done.is_set() or (queued >= 1 and running >= 2):
                     break
                 await anyio.sleep(0.02)
         for _ in range(200):  # the gauges settle once the requests are done
