@@ -6,8 +6,6 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import anyio
-
 __all__ = [
     "JSON_TYPE",
     "SSE_DONE",
@@ -22,7 +20,6 @@ __all__ = [
     "Send",
     "dumps",
     "error_body",
-    "limit_body_time",
     "read_body",
     "replay",
     "send_bytes",
@@ -52,33 +49,6 @@ class ClientGone(Exception):
 
 class BodyTimeout(Exception):
     """The request body did not arrive in time (a slow or stalled client)."""
-
-
-def limit_body_time(receive: Receive, seconds: float) -> Receive:
-    """``receive`` that raises ``BodyTimeout`` unless the whole body arrives within ``seconds``.
-
-    Only the body is bounded: once it is complete, later calls (a stream's disconnect watch)
-    wait as long as they need.
-    """
-    deadline: float | None = None
-    complete = False
-
-    async def timed() -> Message:
-        nonlocal deadline, complete
-        if complete:
-            return await receive()
-        now = anyio.current_time()
-        if deadline is None:
-            deadline = now + seconds
-        with anyio.move_on_after(deadline - now) as scope:
-            message = await receive()
-        if scope.cancelled_caught:
-            raise BodyTimeout(seconds)
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            complete = True
-        return message
-
-    return timed
 
 
 class RequestHeaders:

@@ -106,6 +106,7 @@ _ADMIN_UPSTREAM = frozenset(
 )
 _ADMIN_UPSTREAM_TREES = ("/dumper/", "/hicache/")
 
+_KNOWN_RAW = frozenset(path.encode() for path in ROUTES)
 # %2F / %5C (encoded separators) and %00 in the raw target; the decoded path is checked apart.
 _ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -120,6 +121,8 @@ def check_path(path: str, raw_path: bytes | None, query: bytes = b"") -> str | N
     ``\\`` or NUL, and raw bytes outside visible ASCII in the target (they must be
     percent-encoded).
     """
+    if raw_path in _KNOWN_RAW and not query:
+        return None  # a route of the table, spelled exactly: nothing to check (the hot path)
     if not path.startswith("/"):
         return "The request path must start with '/'."
     if _NOT_VISIBLE_ASCII.search(raw_path or b"") or _NOT_VISIBLE_ASCII.search(query):

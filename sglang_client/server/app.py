@@ -40,12 +40,12 @@ from sglang_client.server._asgi import (
     Send,
     dumps,
     error_body,
-    limit_body_time,
     read_body,
     replay,
     send_bytes,
     send_json,
 )
+from sglang_client.server._deadline import BodyDeadlines
 from sglang_client.server._hits import HitMemo, memo_key
 from sglang_client.server._metrics import Metrics
 from sglang_client.server._passthrough import Passthrough
@@ -152,6 +152,7 @@ class ProxyApp:
         self.config = config
         self.metrics = Metrics()
         self.gate = Gate(config.api_keys, config.admin_key)
+        self.deadlines = BodyDeadlines(config.body_timeout)
         self.memo = HitMemo(cached, config.hit_memo_bytes)
         self.admin = AdminRoutes(cached, self.metrics, self.memo, config.upstream_url)
         self.passthrough = Passthrough(
@@ -169,7 +170,8 @@ class ProxyApp:
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        receive = limit_body_time(receive, self.config.body_timeout)
+        timed = self.deadlines.track(receive)
+        receive = timed
         try:
             refused = check_path(path, scope.get("raw_path"), scope.get("query_string", b""))
             if refused is not None:
@@ -198,6 +200,8 @@ class ProxyApp:
             # If the response had started, this fails and the server closes the connection.
             with contextlib.suppress(Exception):
                 await send_json(send, 500, error_body(500, message, "InternalServerError"))
+        finally:
+            timed.finish()
         route = path if path in CACHED_ROUTES else "other"
         self.metrics.observe(route, cache, status, time.perf_counter() - started)
 
@@ -437,6 +441,7 @@ class ProxyApp:
         try:
             await self.cached.aclose()
         finally:
+            await self.deadlines.aclose()
             await self.passthrough.aclose()
             await self.cached.client.aclose()
 
