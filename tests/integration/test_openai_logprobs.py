@@ -72,7 +72,13 @@ def test_completions_logprobs_and_echo(target: str, sglang_url: str, proxy_url: 
         n = done.usage.completion_tokens
         assert len(logprobs.tokens) == len(logprobs.token_logprobs) == n
         assert len(logprobs.top_logprobs) == n and all(len(t) <= 2 for t in logprobs.top_logprobs)
-        assert "".join(logprobs.tokens) == done.choices[0].text
+        text, tokens = done.choices[0].text, logprobs.tokens
+        if done.choices[0].finish_reason == "stop":
+            # Greedy on a random prompt may end on EOS within 3 tokens: the EOS token has a
+            # logprob entry (it was generated) but no text, as in SGLang.
+            assert "".join(tokens[:-1]) == text
+        else:
+            assert "".join(tokens) == text
         echoed = client.completions.create(
             model="default", prompt=prompt, max_tokens=2, temperature=0, echo=True
         )
