@@ -39,6 +39,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--enable-metrics", action="store_true")
     add("--enable-cache-report", action="store_true")
     add("--seed", type=int, default=None)
+    add(
+        "--tokenizer",
+        choices=("bpe", "words"),
+        default="bpe",
+        help="bpe: seams can re-tokenize differently, as with a real BPE (default); words: the"
+        " older word-or-bytes tokenizer",
+    )
     return parser.parse_args(argv)
 
 

@@ -36,6 +36,10 @@ class FakeServerConfig:
         weight_version: What ``meta_info.weight_version`` reports (``--weight-version``).
         max_running_requests: Sub-requests generated at once (``--max-running-requests``);
             with latency, the rest wait in the queue (``None``: no limit).
+        tokenizer: ``"bpe"`` (default): tokenizing a concatenation can differ from joining
+            tokenizations at seams, and generated ids do not always re-encode the same, as with
+            a real BPE tokenizer, so re-sent text loses radix-cache hits. ``"words"``: the older
+            word-or-bytes tokenizer, for which both always agree.
 
     Example:
         ```python
@@ -62,6 +66,7 @@ class FakeServerConfig:
     stream_interval: int = 1
     weight_version: str = "default"
     max_running_requests: int | None = None
+    tokenizer: str = "bpe"
 
     def __post_init__(self) -> None:
         if self.served_model_name is None:
@@ -80,6 +85,8 @@ class FakeServerConfig:
             raise ValueError(f"radix_cache_tokens must be >= 0, got {self.radix_cache_tokens}")
         if self.stream_interval < 1:
             raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if self.tokenizer not in ("bpe", "words"):
+            raise ValueError(f"tokenizer must be 'bpe' or 'words', got {self.tokenizer!r}")
         if self.max_running_requests is not None and self.max_running_requests < 1:
             raise ValueError(
                 f"max_running_requests must be >= 1 or None, got {self.max_running_requests}"

@@ -344,7 +344,9 @@ class Engine:
             if self.inflight.get(sub.rid, (None,))[0] is sub:
                 del self.inflight[sub.rid]
             output = sub.gen.output_ids
-            self.cache.commit(sub.prompt_ids + output)
+            # As SGLang: the last generated token was never run through the model, so it has
+            # no KV to cache; a turn continuing this answer recomputes that one token.
+            self.cache.commit(sub.prompt_ids + output[:-1])
             if sub.session is not None:
                 self.sessions.finish(sub.session[0], sub.session[1], output)
             stats.completions_generated += 1

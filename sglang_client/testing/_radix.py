@@ -11,7 +11,8 @@ class RadixCache:
     """Token-prefix cache with an LRU token budget, reporting what SGLang's radix cache reuses.
 
     A request first matches its prompt (``prefill``), which also stores the prompt as SGLang does
-    after prefill; when it finishes, ``commit`` stores prompt + output for later requests.
+    after prefill; when it finishes, ``commit`` stores prompt + output (less the last output
+    token, which SGLang has no KV for) for later requests.
     """
 
     __slots__ = ("_tree",)
@@ -37,7 +38,7 @@ class RadixCache:
         return min(matched, len(prompt_ids) - 1)
 
     def commit(self, token_ids: list[int]) -> None:
-        """Store a finished request's prompt + output ids."""
+        """Store a finished request's ids: its prompt and all but its last output token."""
         if token_ids:
             self._tree.insert(token_ids)
 

@@ -1,9 +1,18 @@
 """A tiny reversible tokenizer: special tokens, 256 byte tokens and a few hundred English words.
 
-Ids 0-3 are special tokens, 4-259 the bytes 0x00-0xFF, and the rest whole words in four
-spellings (``word``, `` word``, ``Word``, `` Word``). Text is split GPT-2 style into pieces; a
-piece that is a vocabulary word becomes one token, anything else its UTF-8 bytes, so
-``decode(encode(s), skip_special_tokens=False) == s`` for every string.
+Ids 0-3 are special tokens, 4-259 the bytes 0x00-0xFF, then whole words in four spellings
+(``word``, `` word``, ``Word``, `` Word``), then (BPE mode) a few merges: suffixes such as
+``s`` and ``ing`` and the blank line ``"\n\n"``. Text is split GPT-2 style into pieces
+(newline runs are one piece, as in Llama 3's pre-tokenizer); a piece that is a vocabulary word
+becomes one token, else, in BPE mode, the longest vocabulary tokens from its left, else its UTF-8
+bytes. So ``decode(encode(s), skip_special_tokens=False) == s`` for every string.
+
+BPE mode is faithful to the property that costs sessions their cache: tokenizing a
+concatenation can differ from concatenating tokenizations, at seams (``"\n" + "\n"`` is one
+``"\n\n"`` token; `` year`` + ``s`` is the single word `` years``), and generated ids are
+not always how their own text re-encodes (the generator may emit `` the`` then ``ing``, which
+re-encodes as `` thing``). ``Tokenizer(merges=False)`` is the older word-or-bytes tokenizer,
+for which the generator only emits whole words and punctuation.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "BOS_TOKEN_ID",
+    "TOKENIZERS",
     "EOS_TOKEN_ID",
     "IM_END_ID",
     "IM_START_ID",
@@ -68,7 +78,18 @@ def _vocab() -> list[str]:
     return words
 
 
+# Merges beyond whole words (BPE mode): suffixes a generator may attach to the previous word,
+# and the blank line. The generator draws them with these weights (copies in its choice list).
+_SUFFIXES = ("s", "es", "ed", "ing", "er", "ly")
+_SUFFIX_COPIES = {"s": 30, "es": 4, "ed": 6, "ing": 6, "er": 4, "ly": 4}
+_NEWLINE_COPIES = 45
+# Plurals of the first words, as whole tokens: " river" + "s" generated re-encodes as " rivers".
+_PLURALS = tuple(f" {w}s" for w in _WORDS[:120] if w.isalpha() and len(w) > 2)
+_MERGES = (*_SUFFIXES, "\n\n", *_PLURALS)
+
 _PIECES = re.compile(r" ?[A-Za-z]+| ?\d+| ?[^\sA-Za-z\d]+|\s+(?!\S)|\s+")
+# Newline runs (with the blanks before them) are one piece, so "\n" + "\n" can merge.
+_BPE_PIECES = re.compile(r"[^\S\n]*\n+| ?[A-Za-z]+| ?\d+| ?[^\sA-Za-z\d]+|\s+(?!\S)|\s+")
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in _SPECIALS) + ")")
 
 
@@ -82,15 +103,25 @@ class Tokenizer:
         ```
     """
 
-    def __init__(self) -> None:
+    def __init__(self, merges: bool = True) -> None:
         words = _vocab()
-        self._word_ids = {w: _WORD_BASE + i for i, w in enumerate(words)}
+        extra = [m for m in _MERGES if m not in words] if merges else []
+        self.merges = merges
+        self._word_ids = {w: _WORD_BASE + i for i, w in enumerate(words + extra)}
         self._special_ids = {s: i for i, s in enumerate(_SPECIALS)}
         table = [s.encode() for s in _SPECIALS] + [bytes([b]) for b in range(256)]
-        self._bytes: list[bytes] = table + [w.encode() for w in words]
-        # Generated text is drawn from lower-case words with a leading space, plus "." and ",".
+        self._bytes: list[bytes] = table + [w.encode() for w in words + extra]
+        self._pieces = _BPE_PIECES if merges else _PIECES
+        self._longest = max(len(w) for w in self._word_ids)
+        # Generated text is drawn from lower-case words with a leading space, plus "." and ",";
+        # in BPE mode also suffixes and newlines, so that seams and re-encodings can differ.
         spaced = [i for w, i in self._word_ids.items() if w.startswith(" ") and w[1:].islower()]
-        self.generation_ids: tuple[int, ...] = (*spaced, *self.encode(".,"))
+        choices = [*spaced, *self.encode(".,")]
+        if merges:
+            for suffix, copies in _SUFFIX_COPIES.items():
+                choices += [self._word_ids[suffix]] * copies
+            choices += self.encode("\n") * _NEWLINE_COPIES
+        self.generation_ids: tuple[int, ...] = tuple(choices)
         self.texts: list[str] = [b.decode("utf-8", "replace") for b in self._bytes]
 
     @property
@@ -112,14 +143,35 @@ class Tokenizer:
                 ids.append(special)
                 continue
             words = self._word_ids
-            for piece in _PIECES.findall(part):
+            for piece in self._pieces.findall(part):
                 word = words.get(piece)
                 if word is not None:
                     ids.append(word)
+                elif self.merges:
+                    self._encode_merged(piece, ids)
                 else:
                     # surrogatepass: JSON may carry lone surrogates; never crash on them.
                     ids.extend(_BYTE_BASE + b for b in piece.encode("utf-8", "surrogatepass"))
         return ids
+
+    def _encode_merged(self, piece: str, ids: list[int]) -> None:
+        """The longest vocabulary token at each position of ``piece``, else one char's bytes."""
+        words, at, end = self._word_ids, 0, len(piece)
+        while at < end:
+            for size in range(min(self._longest, end - at), 1, -1):
+                token = words.get(piece[at : at + size])
+                if token is not None:
+                    ids.append(token)
+                    at += size
+                    break
+            else:
+                token = words.get(piece[at])
+                if token is not None:
+                    ids.append(token)
+                else:
+                    raw = piece[at].encode("utf-8", "surrogatepass")
+                    ids.extend(_BYTE_BASE + b for b in raw)
+                at += 1
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Join the ids' bytes into text; invalid UTF-8 becomes U+FFFD.
@@ -149,4 +201,6 @@ class Tokenizer:
         return "".join(parts)
 
 
-TOKENIZER = Tokenizer()
+TOKENIZERS = {"bpe": Tokenizer(merges=True), "words": Tokenizer(merges=False)}
+"""The fake server's tokenizers by ``FakeServerConfig.tokenizer`` name."""
+TOKENIZER = TOKENIZERS["bpe"]

@@ -34,7 +34,7 @@ from sglang_client.testing._faults import FaultPlan, InjectedDisconnect, reset_c
 from sglang_client.testing._native import InternalCrash, NativeGenerate
 from sglang_client.testing._openai import OpenAIRoutes
 from sglang_client.testing._routes import MiscRoutes
-from sglang_client.testing._tokenizer import TOKENIZER
+from sglang_client.testing._tokenizer import TOKENIZERS
 
 __all__ = ["FakeSGLangApp", "create_fake_app"]
 
@@ -65,11 +65,11 @@ class FakeSGLangApp:
 
     def __init__(self, config: FakeServerConfig) -> None:
         self.config = config
-        self.tokenizer = TOKENIZER
+        self.tokenizer = TOKENIZERS[config.tokenizer]
         self.stats = FakeServerStats()
         self.rng = random.Random(config.seed)
         self.faults = FaultPlan(config, self.rng)
-        self.engine = Engine(config, TOKENIZER, self.rng, self.stats)
+        self.engine = Engine(config, self.tokenizer, self.rng, self.stats)
         self._native = NativeGenerate(self.engine)
         self._openai = OpenAIRoutes(self.engine, self._native)
         self._misc = MiscRoutes(self)

@@ -251,7 +251,8 @@ def test_cached_tokens_report_real_prefix_reuse(client: httpx.Client) -> None:
     warm = generate(client, text=prompt, sampling_params=params)
     assert warm["meta_info"]["cached_tokens"] == length - 1  # the last token is recomputed
     extended = generate(client, text=prompt + cold["text"] + " more", sampling_params=params)
-    assert extended["meta_info"]["cached_tokens"] >= length + 4
+    # All but the last generated token: as in SGLang, that one has no KV yet.
+    assert extended["meta_info"]["cached_tokens"] == length + 3
     samples = generate(client, text="Fresh prompt for n", sampling_params={**params, "n": 2})
     n_len = len(TOKENIZER.encode("Fresh prompt for n"))
     assert [s["meta_info"]["cached_tokens"] for s in samples] == [n_len - 1, n_len - 1]
