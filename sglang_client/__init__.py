@@ -27,6 +27,7 @@ from sglang_client.errors import (
     SessionNotFoundError,
     SGLangError,
     StreamError,
+    TokenizerUnavailable,
     UnprocessableEntityError,
 )
 from sglang_client.prefix_tree import BatchAnalysis, PrefixStats, PrefixTree
@@ -78,6 +79,7 @@ __all__ = [
     "Session",
     "SessionManager",
     "SessionNotFoundError",
+    "TokenizerUnavailable",
     "SessionStream",
     "StreamChunk",
     "StreamError",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["generate_body", "prompt_value"]
+from sglang_client.errors import SGLangError
+
+__all__ = ["generate_body", "prompt_value", "text_answer", "tokens_answer"]
 
 
 def generate_body(
@@ -32,3 +34,19 @@ def generate_body(
 def prompt_value(prompt: str | Sequence[str] | Sequence[int]) -> object:
     """A ``/v1/completions`` prompt as JSON: a string, or a list (of strings or token ids)."""
     return prompt if isinstance(prompt, str) else list(prompt)
+
+
+def tokens_answer(data: object) -> list[int]:
+    """The ``tokens`` of a ``/tokenize`` answer for one prompt."""
+    tokens = data.get("tokens") if isinstance(data, dict) else None
+    if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+        raise SGLangError(f"unexpected response from /tokenize: {str(data)[:200]!r}")
+    return tokens
+
+
+def text_answer(data: object) -> str:
+    """The ``text`` of a ``/detokenize`` answer for one list of ids."""
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str):
+        raise SGLangError(f"unexpected response from /detokenize: {str(data)[:200]!r}")
+    return text

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from sglang_client._session_tokens import kept_output_ids
 from sglang_client.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -82,12 +83,21 @@ class Turn:
             response: ``id``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
             ``cached_tokens`` (when the server reports it) and the raw ``usage``.
         output_ids: the generated token ids, when the server returned them (native API).
+        input_ids: for token-exact sessions, the ids this turn's input added: the first turn's
+            system prompt and input tokenized together, a later turn's input alone.
     """
 
     input: str
     output: str
     meta_info: MetaInfo
     output_ids: tuple[int, ...] = ()
+    input_ids: tuple[int, ...] = ()
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        """The ids this turn adds to a token-exact session: ``input_ids``, then ``output_ids``
+        less a final stop token (EOS), which is not part of the answer's text."""
+        return self.input_ids + kept_output_ids(self.output_ids, self.meta_info)
 
 
 @dataclass(eq=False)
@@ -104,6 +114,8 @@ class Session:
         metadata: the caller's own data; a fork gets a shallow copy.
         server_session_id: the SGLang session id, for server sessions (shared by forks).
         last_rid: the rid of the last turn, which a server session's next turn continues from.
+        token_exact: whether turns send token ids (``token_ids`` + the new input's ids) rather
+            than text for the server to re-tokenize.
     """
 
     id: str
@@ -115,6 +127,7 @@ class Session:
     metadata: dict[str, object] = field(default_factory=dict)
     server_session_id: str | None = None
     last_rid: str | None = None
+    token_exact: bool = False
     # A semaphore rather than an anyio.Lock: a stream's async generator may be finalised in
     # another task (asyncio's asyncgen hook), and anyio.Lock refuses a release from there.
     _lock: anyio.Semaphore = field(
@@ -140,6 +153,22 @@ class Session:
         return messages
 
     @property
+    def token_ids(self) -> tuple[int, ...] | None:
+        """The exact ids of the conversation so far, for token-exact sessions (else ``None``).
+
+        Every turn's ``Turn.token_ids`` in order: the next turn sends these plus its new
+        input's ids, so the server's radix cache holds all of them. Forks share the parent's
+        turns (immutable), not copies of its ids. A matched stop string is in here, though
+        ``prefix`` leaves it out (the model generated it).
+        """
+        if not self.token_exact:
+            return None
+        ids: list[int] = []
+        for turn in self.history:
+            ids += turn.token_ids
+        return tuple(ids)
+
+    @property
     def prefix(self) -> str:
         """The session's key in the manager's ``PrefixTree``.
 
@@ -157,7 +186,15 @@ class Session:
         return "".join(parts)
 
     def __repr__(self) -> str:
-        kind = "chat" if self.chat else "server" if self.server_session_id else "text"
+        kind = (
+            "chat"
+            if self.chat
+            else "server"
+            if self.server_session_id
+            else "tokens"
+            if self.token_exact
+            else "text"
+        )
         return (
             f"Session(id={self.id!r}, kind={kind}, turns={len(self.history)},"
             f" parent_id={self.parent_id!r}{', deleted' if self._deleted else ''})"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from sglang_client._bodies import generate_body, prompt_value
+from sglang_client._bodies import generate_body, prompt_value, text_answer, tokens_answer
 from sglang_client._defaults import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_RETRIES,
@@ -397,6 +397,35 @@ class SGLangClient:
     ) -> None:
         """Close a server-side session (``/close_session``); unknown ids are fine."""
         await self._post_json("/close_session", {"session_id": session_id}, timeout)
+
+    async def tokenize(
+        self,
+        text: str,
+        *,
+        add_special_tokens: bool = True,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> list[int]:
+        """The server's token ids for ``text`` (``POST /tokenize``).
+
+        Args:
+            add_special_tokens: as SGLang tokenizes a ``/generate`` text (e.g. a BOS token);
+                ``False`` for a piece that is appended to ids already sent.
+        """
+        body = {"prompt": text, "add_special_tokens": add_special_tokens}
+        data = await self.request_json("POST", "/tokenize", body, timeout=timeout)
+        return tokens_answer(data)
+
+    async def detokenize(
+        self,
+        token_ids: Sequence[int],
+        *,
+        skip_special_tokens: bool = True,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> str:
+        """The server's text for ``token_ids`` (``POST /detokenize``)."""
+        body = {"tokens": list(token_ids), "skip_special_tokens": skip_special_tokens}
+        data = await self.request_json("POST", "/detokenize", body, timeout=timeout)
+        return text_answer(data)
 
     # ---------------------------------------------------------------- raw JSON access
 

@@ -13,7 +13,8 @@ SGLangError
 │   ├── InternalServerError     500 and other 5xx
 │   └── ServerOverloadedError   503 (queue full, shutting down, request timeout)
 ├── StreamError                 an error event inside a 200 SSE stream, or a stream cut short
-└── SessionNotFoundError        (also a LookupError) unknown or deleted session id
+├── SessionNotFoundError        (also a LookupError) unknown or deleted session id
+└── TokenizerUnavailable        a token-exact session cannot tokenize (no /tokenize, no tokenizer)
 ```
 
 ``error_from_response`` turns any of SGLang's error bodies (sglang-protocol.md section 4) into
@@ -42,6 +43,7 @@ __all__ = [
     "SGLangError",
     "ServerOverloadedError",
     "SessionNotFoundError",
+    "TokenizerUnavailable",
     "StreamError",
     "UnprocessableEntityError",
     "decode_body",
@@ -137,6 +139,11 @@ class StreamError(SGLangError):
 
 class SessionNotFoundError(SGLangError, LookupError):
     """The session id is unknown or was deleted."""
+
+
+class TokenizerUnavailable(SGLangError):
+    """A token-exact session cannot tokenize: the server has no ``/tokenize`` route and no local
+    tokenizer was given."""
 
 
 STATUS_TO_ERROR: dict[int, type[APIStatusError]] = {

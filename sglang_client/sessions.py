@@ -1,48 +1,59 @@
 """Multi-turn sessions over an SGLang server: ``Session``, ``Turn`` and ``SessionManager``.
 
-A session is a conversation the manager continues turn by turn. Three kinds:
+A session is a conversation the manager continues turn by turn. Four kinds:
 
-* **Text** (default): native ``/generate``. The prompt of a turn is exactly
+* **Token-exact** (the default for native sessions, where the server can tokenize): native
+  ``/generate`` with ``input_ids``. A turn sends the exact ids of the conversation so far (every
+  earlier input's ids and every id the model generated) plus the new input's ids; only the new
+  text is tokenized (by the server's ``/tokenize``, or a local ``tokenizer``). Every earlier
+  token is therefore a radix-cache hit, in this session and in all its forks.
+* **Text** (``token_exact=False``): native ``/generate`` with text. The prompt of a turn is
   ``system_prompt + input_1 + output_1 + ... + input_k + output_k + new_input``, with no
-  separators (the caller controls the text). Earlier turns are therefore a byte-identical
-  prefix of every later prompt, in this session and in all its forks, so the server's radix
-  cache reuses the whole history.
-* **Chat** (``chat=True``): OpenAI-style ``messages`` over ``/v1/chat/completions``.
+  separators, which the server re-tokenizes whole. With a BPE tokenizer the ids at turn seams
+  can differ from those generated (``"\n"`` + ``"\n"`` becomes one ``"\n\n"`` token), and the
+  radix cache misses from the first difference on.
+* **Chat** (``chat=True``): OpenAI-style ``messages`` over ``/v1/chat/completions``. The server
+  renders and tokenizes the whole conversation each turn, so chat sessions have the text
+  sessions' seam loss; SGLang's chat route takes no token ids, so there is no token-exact chat.
 * **Server sessions** (``SessionManager(..., server_sessions=True)``): SGLang's own session API
   (``/open_session``, ``session_params``, ``/close_session``). Only the new input is sent; the
   server rebuilds the history from the previous turn's ``rid``. A fork branches from the same
   parent rid.
 
-Every session appears in ``manager.prefix_tree`` under its ``prefix`` (a ``str``), kept current
-as sessions grow, fork and are deleted.
+Every session appears in ``manager.prefix_tree`` under its ``prefix`` (a ``str``), and every
+token-exact session in ``manager.token_tree`` under its ``token_ids``, kept current as sessions
+grow, fork and are deleted.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal, overload
 
 import anyio
 
+from sglang_client._session_chat import chat_chunks, chat_reply
+from sglang_client._session_tokens import LocalTokenizer, TokenSource
 from sglang_client._session_types import (
     Session,
     SessionClient,
     SessionStream,
     Turn,
     aclose_all,
-    chat_meta,
-    message,
     split_params,
     task_id,
 )
-from sglang_client.errors import SessionNotFoundError, SGLangError, StreamError
+from sglang_client.errors import SessionNotFoundError, SGLangError, TokenizerUnavailable
 from sglang_client.prefix_tree import PrefixTree
 from sglang_client.types import GenerateResponse, MetaInfo, StreamChunk
 
 __all__ = ["Session", "SessionClient", "SessionManager", "SessionStream", "Turn"]
+
+logger = logging.getLogger("sglang_client.sessions")
 
 
 class SessionManager:
@@ -69,6 +80,13 @@ class SessionManager:
             upstream uncached, since their output depends on the server's history.)
         server_sessions: use SGLang's session API (``/open_session``, ``session_params``,
             ``/close_session``) instead of re-sending the history.
+        token_exact: native sessions send token ids (see above). ``None`` (default): yes, unless
+            the server cannot tokenize (no ``/tokenize``: a warning is logged once and sessions
+            fall back to text); ``True``: always (a turn raises ``TokenizerUnavailable``
+            instead); ``False``: text sessions.
+        tokenizer: a local tokenizer for the new text of each turn (a ``transformers``
+            tokenizer or a ``tokenizers.Tokenizer`` of the served model), saving the
+            ``/tokenize`` request a turn otherwise costs.
         capacity_of_str_len: passed to ``/open_session`` (SGLang requires it).
     """
 
@@ -77,14 +95,24 @@ class SessionManager:
         client: SessionClient,
         *,
         server_sessions: bool = False,
+        token_exact: bool | None = None,
+        tokenizer: LocalTokenizer | None = None,
         capacity_of_str_len: int = 65536,
     ) -> None:
+        if server_sessions and token_exact:
+            raise ValueError(
+                "server sessions already keep the exact ids on the server: token_exact applies"
+                " to sessions that re-send their history"
+            )
         self._client = client
         self._server_sessions = server_sessions
+        self._token_exact = False if server_sessions else token_exact
+        self._tokens = TokenSource(client, tokenizer)
         self._capacity = capacity_of_str_len
         self._sessions: dict[str, Session] = {}
         self._server_refs: dict[str, int] = {}
         self._tree = PrefixTree()
+        self._token_tree = PrefixTree()
 
     @property
     def client(self) -> SessionClient:
@@ -100,6 +128,11 @@ class SessionManager:
     def prefix_tree(self) -> PrefixTree:
         """Every live session's ``prefix`` (str keys), e.g. for ``find_sharing_sessions``."""
         return self._tree
+
+    @property
+    def token_tree(self) -> PrefixTree:
+        """Every live token-exact session's ``token_ids`` (token-id keys)."""
+        return self._token_tree
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -173,6 +206,7 @@ class SessionManager:
             chat=chat,
             metadata=dict(metadata or {}),
             server_session_id=server_id,
+            token_exact=not chat and self._token_exact is not False,
         )
         self._add(session)
         return session
@@ -228,6 +262,7 @@ class SessionManager:
                 metadata=dict(parent.metadata),
                 server_session_id=parent.server_session_id,
                 last_rid=parent.last_rid,
+                token_exact=parent.token_exact,
             )
             if child.server_session_id is not None:
                 self._server_refs[child.server_session_id] += 1
@@ -253,6 +288,7 @@ class SessionManager:
             raise SessionNotFoundError(f"session {session_id!r} not found (unknown or deleted)")
         session._deleted = True
         self._tree.unregister(session_id)
+        self._token_tree.unregister(session_id)
         try:
             if session._owner != task_id():
                 async with session._lock:
@@ -290,11 +326,11 @@ class SessionManager:
         async with self._turn(session):
             if session.chat:
                 return await self._chat_turn(session, prompt, {**params, **extra})
-            text, kwargs = self._native_request(session, prompt)
-            result = await self._client.generate(text, sampling_params=params, **kwargs, **extra)
+            kwargs, new_ids = await self._native_request(session, prompt)
+            result = await self._client.generate(sampling_params=params, **kwargs, **extra)
             if isinstance(result, list):
                 raise SGLangError(f"expected one response for a session turn, got {len(result)}")
-            self._record(session, prompt, result.text, result.meta_info, result.output_ids)
+            self._record(session, prompt, result.text, result.meta_info, result.output_ids, new_ids)
             return result
 
     def generate_stream(self, session_id: str, prompt: str, **sampling: object) -> SessionStream:
@@ -327,7 +363,19 @@ class SessionManager:
 
     def _add(self, session: Session) -> None:
         self._sessions[session.id] = session
+        self._register(session)
+
+    def _register(self, session: Session) -> None:
         self._tree.register_prefix(session.id, session.prefix)
+        ids = session.token_ids
+        if ids is not None:
+            self._token_tree.register_prefix(session.id, ids)
+
+    def _to_text(self, session: Session, why: str) -> None:
+        """A token-exact session continues as a text session from here on."""
+        session.token_exact = False
+        self._token_tree.unregister(session.id)
+        logger.warning("session %s continues as a text session: %s", session.id, why)
 
     async def _release(self, session: Session) -> None:
         """Drop the session's reference to its server session; close it after the last."""
@@ -360,16 +408,32 @@ class SessionManager:
             finally:
                 session._owner = session._holder = None
 
-    def _native_request(self, session: Session, prompt: str) -> tuple[str, dict[str, Any]]:
-        """The ``/generate`` text and extra fields (``session_params``) of the next turn."""
-        if session.server_session_id is None:
-            return session.prefix + prompt, {}
-        params: dict[str, str] = {"id": session.server_session_id}
-        if session.last_rid is None:
-            # A new root in the server's session tree: the system prompt goes in once, here.
-            return (session.system_prompt or "") + prompt, {"session_params": params}
-        params["rid"] = session.last_rid
-        return prompt, {"session_params": params}
+    async def _native_request(
+        self, session: Session, prompt: str
+    ) -> tuple[dict[str, Any], tuple[int, ...]]:
+        """The ``/generate`` input of the next turn (and ``session_params``), and its new ids."""
+        if session.server_session_id is not None:
+            params: dict[str, str] = {"id": session.server_session_id}
+            if session.last_rid is None:
+                # A new root in the server's session tree: the system prompt goes in once, here.
+                text = (session.system_prompt or "") + prompt
+                return {"text": text, "session_params": params}, ()
+            params["rid"] = session.last_rid
+            return {"text": prompt, "session_params": params}, ()
+        if session.token_exact:
+            first = not session.history
+            text = (session.system_prompt or "") + prompt if first else prompt
+            try:
+                new_ids = await self._tokens.encode(text, first=first)
+            except TokenizerUnavailable as exc:
+                if self._token_exact or session.history:
+                    raise
+                self._token_exact = False  # this server cannot: new sessions start as text
+                self._to_text(session, str(exc))
+            else:
+                ids = session.token_ids or ()
+                return {"input_ids": [*ids, *new_ids]}, new_ids
+        return {"text": session.prefix + prompt}, ()
 
     def _record(
         self,
@@ -378,28 +442,18 @@ class SessionManager:
         output: str,
         meta: MetaInfo,
         output_ids: Sequence[int] = (),
+        input_ids: tuple[int, ...] = (),
     ) -> None:
         finish = meta.finish_reason
         if finish is not None and finish.type == "abort":
             return
-        session.history.append(Turn(prompt, output, meta, tuple(output_ids)))
+        session.history.append(Turn(prompt, output, meta, tuple(output_ids), input_ids))
         if session.server_session_id is not None:
             session.last_rid = meta.id
+        if session.token_exact and not output_ids and meta.completion_tokens:
+            self._to_text(session, "the server returned no output_ids")
         if not session._deleted:
-            self._tree.register_prefix(session.id, session.prefix)
-
-    async def _chat_turn(
-        self, session: Session, prompt: str, params: dict[str, Any]
-    ) -> GenerateResponse:
-        messages = [*session.messages, message("user", prompt)]
-        completion = await self._client.chat_completion(messages, **params)
-        if not completion.choices:
-            raise SGLangError("the chat completion has no choices")
-        choice = completion.choices[0]
-        meta = chat_meta(completion.id, choice.finish_reason, choice.matched_stop, completion.usage)
-        text = choice.message.content or ""
-        self._record(session, prompt, text, meta)
-        return GenerateResponse(text=text, meta_info=meta)
+            self._register(session)
 
     async def _native_stream(
         self,
@@ -410,46 +464,32 @@ class SessionManager:
         token: object,
     ) -> AsyncGenerator[StreamChunk, None]:
         async with self._turn(session, token):
-            text, kwargs = self._native_request(session, prompt)
-            stream = self._client.generate_stream(text, sampling_params=params, **kwargs, **extra)
+            kwargs, new_ids = await self._native_request(session, prompt)
+            stream = self._client.generate_stream(sampling_params=params, **kwargs, **extra)
             iterator = stream.__aiter__()
             try:
                 async for chunk in iterator:
                     if chunk.finish_reason is not None:
-                        self._record(session, prompt, chunk.text, chunk.meta_info, chunk.output_ids)
+                        meta, ids = chunk.meta_info, chunk.output_ids
+                        self._record(session, prompt, chunk.text, meta, ids, new_ids)
                     yield chunk
             finally:
                 await aclose_all(iterator, stream)
 
+    async def _chat_turn(
+        self, session: Session, prompt: str, params: dict[str, Any]
+    ) -> GenerateResponse:
+        result = await chat_reply(self._client, session.messages, prompt, params)
+        self._record(session, prompt, result.text, result.meta_info)
+        return result
+
     async def _chat_stream(
         self, session: Session, prompt: str, params: dict[str, Any], token: object
     ) -> AsyncGenerator[StreamChunk, None]:
-        params.setdefault("stream_options", {"include_usage": True})
         async with self._turn(session, token):
-            messages = [*session.messages, message("user", prompt)]
-            stream = self._client.chat_completion_stream(messages, **params)
-            iterator = stream.__aiter__()
-            text, rid, usage = "", "", None
-            finish: tuple[str, str, int | str | None] | None = None
-            try:
-                async for chunk in iterator:
-                    usage = chunk.usage or usage
-                    if not chunk.choices:
-                        continue
-                    choice, rid = chunk.choices[0], chunk.id
-                    delta = choice.delta.content or ""
-                    text += delta
-                    if choice.finish_reason is not None:
-                        # Held back until the usage chunk that may follow it.
-                        finish = (choice.finish_reason, delta, choice.matched_stop)
-                    elif delta:
-                        yield StreamChunk(delta=delta, text=text, meta_info=MetaInfo(id=rid))
-            finally:
-                await aclose_all(iterator, stream)
-            if finish is None:
-                raise StreamError("the chat stream ended without a finish reason")
-            meta = chat_meta(rid, finish[0], finish[2], usage)
-            self._record(session, prompt, text, meta)
-            yield StreamChunk(
-                delta=finish[1], text=text, meta_info=meta, finish_reason=meta.finish_reason
-            )
+            chunks = chat_chunks(self._client, session.messages, prompt, params)
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    if chunk.finish_reason is not None:
+                        self._record(session, prompt, chunk.text, chunk.meta_info)
+                    yield chunk

@@ -193,6 +193,16 @@ class CachedClient(CacheEngine):
         """Close an upstream session."""
         await self.client.close_session(session_id)
 
+    async def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """The upstream's token ids for ``text`` (see ``SGLangClient.tokenize``; uncached)."""
+        return await self.client.tokenize(text, add_special_tokens=add_special_tokens)
+
+    async def detokenize(
+        self, token_ids: Sequence[int], *, skip_special_tokens: bool = True
+    ) -> str:
+        """The upstream's text for ``token_ids`` (see ``SGLangClient.detokenize``)."""
+        return await self.client.detokenize(token_ids, skip_special_tokens=skip_special_tokens)
+
     async def __aenter__(self) -> CachedClient:
         return self
 

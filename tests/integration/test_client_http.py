@@ -287,3 +287,17 @@ async def test_break_releases_connection_for_reuse(paced_url: str) -> None:
                 break
         r = await client.generate("x", sampling_params=GREEDY, timeout=30)
         assert isinstance(r, GenerateResponse)
+
+
+async def test_tokenize_and_detokenize_match_what_generate_sees(sglang_url: str) -> None:
+    text = "Hello world.\n\nThe river"
+    async with SGLangClient(sglang_url) as client:
+        whole = await client.tokenize(text)
+        bare = await client.tokenize(text, add_special_tokens=False)
+        assert whole[len(whole) - len(bare) :] == bare  # special tokens (a BOS) only in front
+        assert await client.detokenize(bare) == text
+        by_ids = await client.generate(input_ids=whole, sampling_params=GREEDY)
+        by_text = await client.generate(text, sampling_params=GREEDY)
+    assert isinstance(by_ids, GenerateResponse) and isinstance(by_text, GenerateResponse)
+    assert by_ids.meta_info.prompt_tokens == by_text.meta_info.prompt_tokens == len(whole)
+    assert by_ids.output_ids == by_text.output_ids

@@ -90,3 +90,59 @@ async def test_chat_session(sglang_url: str) -> None:
     m1, m2 = s.history[0].meta_info, s.history[1].meta_info
     assert m2.prompt_tokens > m1.prompt_tokens
     assert len(s.messages) == 5
+
+
+# ---------------------------------------------------------------- token-exact vs text
+
+SYSTEM = "You are a careful assistant. Answer in one short paragraph.\n" * 6
+QUESTIONS = [f"\nQ{i}: tell me about the river and the city, part {i}.\nA:" for i in range(6)]
+LONG = {"temperature": 0, "max_new_tokens": 24}
+
+
+def reusable(before: GenerateResponse) -> int:
+    """The context a turn continues: the last request's prompt and output, less a final stop
+    token (not sent again). SGLang caches all of it but the last generated token."""
+    meta = before.meta_info
+    finish = meta.finish_reason
+    eos = finish is not None and finish.type == "stop" and isinstance(finish.matched, int)
+    return (meta.prompt_tokens or 0) + (meta.completion_tokens or 0) - int(eos)
+
+
+async def _lost_per_turn(url: str, **options: Any) -> list[int]:
+    """Reusable tokens the radix cache missed, for each turn after the first."""
+    lost = []
+    async with managed(url, **options) as manager:
+        await manager.client.flush_cache()
+        s = await manager.create_session(SYSTEM)
+        before = await manager.generate(s.id, QUESTIONS[0], **LONG)
+        for question in QUESTIONS[1:]:
+            result = await manager.generate(s.id, question, **LONG)
+            lost.append(reusable(before) - (result.meta_info.cached_tokens or 0))
+            before = result
+    return lost
+
+
+async def test_token_exact_turns_hit_every_earlier_token_and_text_turns_do_not(
+    sglang_url: str,
+) -> None:
+    exact = await _lost_per_turn(sglang_url, token_exact=True)
+    text = await _lost_per_turn(sglang_url, token_exact=False)
+    assert all(0 <= n <= 1 for n in exact), exact  # at most the last generated token
+    assert any(n > 1 for n in text), text  # re-tokenized seams and answers miss
+
+
+async def test_token_exact_forks_reuse_the_parent_and_streams_keep_ids(sglang_url: str) -> None:
+    async with managed(sglang_url, token_exact=True) as manager:
+        await manager.client.flush_cache()
+        root = await manager.create_session(SYSTEM)
+        async with manager.generate_stream(root.id, QUESTIONS[0], **LONG) as stream:
+            chunks = [chunk async for chunk in stream]
+        assert root.token_ids is not None
+        assert root.history[0].output_ids == tuple(chunks[-1].output_ids)
+        context = len(root.token_ids)
+        kids = await manager.fork_session(root.id, n=2)
+        assert isinstance(kids, list)
+        for i, kid in enumerate(kids):
+            r = await manager.generate(kid.id, QUESTIONS[1 + i], temperature=0.8, max_new_tokens=8)
+            assert (r.meta_info.cached_tokens or 0) >= context - 1
+            assert kid.token_ids is not None and kid.token_ids[:context] == root.token_ids

@@ -16,6 +16,9 @@ One command on a fresh machine. It
 It exits with pytest's code, or 1 with the reason when the environment cannot be built or a
 server does not come up: a real-server run never silently skips. The summary names how many
 tests reached a real server.
+
+``run.py --run CMD ...`` starts only the main server and runs ``CMD`` with ``SGLANG_URL`` set
+instead of the suite (``make bench-real`` runs the session benchmark so).
 """
 
 from __future__ import annotations
@@ -291,6 +294,11 @@ def main(argv: Sequence[str]) -> int:
         Server("api-key", ("--api-key", API_KEY)),
         Server("incremental", ("--incremental-streaming-output",)),
     ]
+    command = list(argv[1:]) if argv[:1] == ["--run"] else None
+    if command is not None:
+        if not command:
+            raise SystemExit("[test-real] --run needs a command")
+        servers = servers[:1]
     with interruptible():
         try:
             python = ensure_environment(root)
@@ -301,6 +309,9 @@ def main(argv: Sequence[str]) -> int:
                 start(server, python, model, logs)
             wait_ready(servers)
             say(f"servers up {time.monotonic() - started:.0f} s after the start")
+            if command is not None:
+                env = {**os.environ, "SGLANG_URL": servers[0].url}
+                return subprocess.run(command, cwd=REPO, env=env, check=False).returncode
             main_server, keyed, incremental = servers
             report = Path(tempfile.mkdtemp(prefix="sglang-real-")) / "report.json"
             env = {

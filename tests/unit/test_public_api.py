@@ -25,6 +25,7 @@ CONTRACT = {
     "InternalServerError",
     "StreamError",
     "SessionNotFoundError",
+    "TokenizerUnavailable",
 }
 
 

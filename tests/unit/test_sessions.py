@@ -51,6 +51,8 @@ class MockSGLang:
         self.reject = False  # /generate answers 400 like SGLang's contract check
         self.in_flight = 0
         self.max_in_flight = 0
+        self.tokenize_status = 200  # 404: a server without /tokenize
+        self.output_ids = True  # False: /generate answers without output_ids
 
     def client(self) -> SGLangClient:
         return SGLangClient(URL, transport=httpx.MockTransport(self.handle), max_retries=0)
@@ -66,6 +68,12 @@ class MockSGLang:
             return httpx.Response(200, json=f"srv{len(self.requests(path))}")
         if path == "/close_session":
             return httpx.Response(200)
+        if path == "/tokenize":
+            if self.tokenize_status != 200:
+                return httpx.Response(self.tokenize_status, json={"detail": "Not Found"})
+            # One id per character, after a BOS (1) when special tokens are asked for.
+            bos = [1] if body.get("add_special_tokens", True) else []
+            return httpx.Response(200, json={"tokens": bos + [ord(c) for c in body["prompt"]]})
         self.calls += 1
         k, rid = self.calls, uuid.uuid4().hex
         self.in_flight += 1
@@ -81,11 +89,12 @@ class MockSGLang:
             return self._chat(body, k, rid)
         meta = _meta(rid, body.get("text", ""), self.finish, 1)
         if not body.get("stream"):
-            return httpx.Response(
-                200, json={"text": f"<{k}>", "output_ids": [k], "meta_info": meta}
-            )
+            answer = {"text": f"<{k}>", "output_ids": [1000 + k], "meta_info": meta}
+            if not self.output_ids:
+                del answer["output_ids"]
+            return httpx.Response(200, json=answer)
         first = {"text": f"<{k}", "output_ids": [], "meta_info": {**meta, "finish_reason": None}}
-        last = {"text": f"<{k}>", "output_ids": [k], "meta_info": meta}
+        last = {"text": f"<{k}>", "output_ids": [1000 + k], "meta_info": meta}
         tail = {"error": {"message": "boom"}} if self.stream_error else last
         return _sse(first, tail)
 
@@ -128,6 +137,9 @@ def mock() -> MockSGLang:
 
 @contextlib.asynccontextmanager
 async def manager_for(mock: MockSGLang, **options: Any) -> AsyncIterator[SessionManager]:
+    """A manager on the mock; text sessions unless ``token_exact`` is given (the mock cannot
+    tokenize: its own tests are below)."""
+    options.setdefault("token_exact", False)
     async with mock.client() as client:
         yield SessionManager(client, **options)
 
@@ -149,8 +161,8 @@ async def test_text_prompt_is_exact_concatenation_of_history(mock: MockSGLang) -
     assert "session_params" not in mock.requests("/generate")[0]
     assert (r1.text, r2.text) == ("<1>", "<2>")
     assert [(t.input, t.output, t.output_ids) for t in s.history] == [
-        ("a", "<1>", (1,)),
-        ("b", "<2>", (2,)),
+        ("a", "<1>", (1001,)),
+        ("b", "<2>", (1002,)),
     ]
     assert s.history[1].meta_info.id == r2.meta_info.id
     assert s.prefix == "SYS|a<1>b<2>"
@@ -436,8 +448,8 @@ async def test_stream_records_the_turn_once_finished(mock: MockSGLang) -> None:
     assert "".join(c.delta for c in chunks) == "<1>"
     assert chunks[-1].finish_reason is not None
     assert [(t.input, t.output, t.output_ids) for t in s.history] == [
-        ("a", "<1>", (1,)),
-        ("b", "<2>", (2,)),
+        ("a", "<1>", (1001,)),
+        ("b", "<2>", (1002,)),
     ]
     first = mock.requests("/generate")[0]
     assert first["stream"] is True
