@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-real lint bench soak clean
+.PHONY: demo test test-real lint bench bench-real soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/prefix_tree.py --quick
 	$(PY) benchmarks/cache.py
 	$(PY) benchmarks/proxy.py --quick --install-wrk
+	$(PY) benchmarks/sessions.py
+
+# The session benchmark against real SGLang 0.5.23 on the CPU (built as for test-real).
+bench-real: $(STAMP)
+	$(PY) tests/real_sglang/run.py --run $(PY) benchmarks/sessions.py
 
 # The long hardening runs: a 5-minute soak, 10 kill -9 rounds, 2000 fuzzed requests per target.
 soak: $(STAMP)

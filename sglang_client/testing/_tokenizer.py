@@ -134,8 +134,12 @@ class Tokenizer:
         """Whether ``token_id`` is one of the special tokens (BOS, EOS, chat markers)."""
         return 0 <= token_id < _BYTE_BASE
 
-    def encode(self, text: str) -> list[int]:
-        """Split ``text`` into token ids; special-token strings become their special ids."""
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Split ``text`` into token ids; special-token strings become their special ids.
+
+        ``add_special_tokens`` is accepted as a ``transformers`` tokenizer's is, so that this
+        object can be a session's local tokenizer; this model adds none (no BOS).
+        """
         ids: list[int] = []
         for part in _SPECIAL_SPLIT.split(text) if "<" in text else (text,):
             special = self._special_ids.get(part)

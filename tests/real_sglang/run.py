@@ -17,8 +17,9 @@ It exits with pytest's code, or 1 with the reason when the environment cannot be
 server does not come up: a real-server run never silently skips. The summary names how many
 tests reached a real server.
 
-``run.py --run CMD ...`` starts only the main server and runs ``CMD`` with ``SGLANG_URL`` set
-instead of the suite (``make bench-real`` runs the session benchmark so).
+``run.py --run CMD ...`` starts only the main server (with ``--enable-cache-report``) and runs
+``CMD`` with ``SGLANG_URL`` set instead of the suite (``make bench-real`` runs the session
+benchmark so).
 """
 
 from __future__ import annotations
@@ -298,7 +299,9 @@ def main(argv: Sequence[str]) -> int:
     if command is not None:
         if not command:
             raise SystemExit("[test-real] --run needs a command")
-        servers = servers[:1]
+        # Chat usage reports cached tokens only with --enable-cache-report (the suite's
+        # fidelity test compares shapes recorded without it, so only --run adds it).
+        servers = [Server("main", (*servers[0].flags, "--enable-cache-report"))]
     with interruptible():
         try:
             python = ensure_environment(root)
