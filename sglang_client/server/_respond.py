@@ -3,9 +3,10 @@ HTTP error. One place for both, shared by the cached routes and the pass-through
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
     from sglang_client.cache import CachedStream
     from sglang_client.server._metrics import Metrics
 
-__all__ = ["close_stream", "send_stream", "upstream_failed", "watch_disconnect"]
+__all__ = [
+    "close_stream",
+    "send_stream",
+    "unless_client_leaves",
+    "upstream_failed",
+    "watch_disconnect",
+]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("sglang_client.proxy")
 
@@ -57,6 +66,36 @@ async def watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
+
+
+async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T | None:
+    """Await ``work``, cancelled when the client hangs up first (then ``None``): SGLang aborts
+    a request whose client left, and so must the proxy, or the upstream generates for nobody.
+
+    One plain asyncio task waits for the disconnect: a task group's cancel scope would cost
+    every store hit, and misses are all this is for.
+    """
+    task = asyncio.current_task()
+    state = {"done": False, "gone": False}
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not state["done"] and task is not None:
+            state["gone"] = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(wait())
+    try:
+        result = await work
+    except asyncio.CancelledError:
+        if state["gone"]:
+            return None
+        raise
+    finally:
+        state["done"] = True
+        watcher.cancel()
+    return result
 
 
 async def close_stream(stream: CachedStream) -> None:

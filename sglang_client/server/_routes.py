@@ -109,6 +109,11 @@ _ADMIN_UPSTREAM_TREES = ("/dumper/", "/hicache/")
 _KNOWN_RAW = frozenset(path.encode() for path in ROUTES)
 # %2F / %5C (encoded separators) and %00 in the raw target; the decoded path is checked apart.
 _ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
+_ENCODED_BACKSLASH_OR_NUL = re.compile(rb"%(5c|00)", re.IGNORECASE)
+# Model ids are often Hugging Face paths ("org/name"), which the openai SDK's models.retrieve
+# sends as one %2F-encoded segment; SGLang's route takes the rest of the path as the id. The
+# decoded path is checked as any other (no dot-segments), so this cannot reach another route.
+_MODEL_ROUTE = b"/v1/models/"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 _NOT_VISIBLE_ASCII = re.compile(rb"[^\x21-\x7e]")
 
@@ -117,9 +122,9 @@ def check_path(path: str, raw_path: bytes | None, query: bytes = b"") -> str | N
     """Why ``path`` (decoded) with ``raw_path`` (as sent) is refused, or ``None`` if it is fine.
 
     Refused: no leading ``/``, a ``.`` or ``..`` segment (also percent-encoded), an empty
-    segment (``//``, a trailing ``/``), a backslash, a control character, an encoded ``/``,
-    ``\\`` or NUL, and raw bytes outside visible ASCII in the target (they must be
-    percent-encoded).
+    segment (``//``, a trailing ``/``), a backslash, a control character, an encoded ``/``
+    (except in a model id under ``/v1/models/``), ``\\`` or NUL, and raw bytes outside visible
+    ASCII in the target (they must be percent-encoded).
     """
     if raw_path in _KNOWN_RAW and not query:
         return None  # a route of the table, spelled exactly: nothing to check (the hot path)
@@ -127,8 +132,13 @@ def check_path(path: str, raw_path: bytes | None, query: bytes = b"") -> str | N
         return "The request path must start with '/'."
     if _NOT_VISIBLE_ASCII.search(raw_path or b"") or _NOT_VISIBLE_ASCII.search(query):
         return "The request target must be visible ASCII; percent-encode other bytes."
-    if raw_path is not None and _ENCODED_SEPARATOR.search(raw_path):
-        return "The request path must not contain an encoded '/', '\\' or NUL."
+    if raw_path is not None:
+        if raw_path.startswith(_MODEL_ROUTE):
+            encoded = _ENCODED_BACKSLASH_OR_NUL.search(raw_path)
+        else:
+            encoded = _ENCODED_SEPARATOR.search(raw_path)
+        if encoded:
+            return "The request path must not contain an encoded '/', '\\' or NUL."
     if _CONTROL.search(path):
         return "The request path must not contain a backslash or control characters."
     if path == "/":

@@ -49,7 +49,7 @@ from sglang_client.server._deadline import BodyDeadlines
 from sglang_client.server._hits import HitMemo, memo_key
 from sglang_client.server._metrics import Metrics
 from sglang_client.server._passthrough import Passthrough
-from sglang_client.server._respond import send_stream, upstream_failed
+from sglang_client.server._respond import send_stream, unless_client_leaves, upstream_failed
 from sglang_client.server._routes import Access, Gate, access_of, check_path
 from sglang_client.server._validate import parse_json, validate_generate, validate_openai
 
@@ -355,9 +355,13 @@ class ProxyApp:
                 return await self._stream(stream, receive, send, started, path)
             cached = self.cached
             if kind == "generate":
-                result = await cached.generate_json(body, read=read, write=write, tenant=tenant)
+                work = cached.generate_json(body, read=read, write=write, tenant=tenant)
             else:
-                result = await cached.openai_json(path, body, read=read, write=write, tenant=tenant)
+                work = cached.openai_json(path, body, read=read, write=write, tenant=tenant)
+            answer = await unless_client_leaves(receive, work)
+            if answer is None:
+                return 499, "aborted"  # nothing to send: the client is gone
+            result = answer
         except SGLangError as exc:
             return await upstream_failed(exc, send, self.metrics)
         except RecursionError:  # valid JSON, but too deep to hash into a cache key

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,11 +165,14 @@ class Engine:
         params: list[SamplingParams],
         rids: list[str] | None,
         session_params: list[dict[str, Any] | None] | None = None,
+        check: Callable[[int, list[int]], None] | None = None,
     ) -> Run:
         """Build, check and register a run: ``len(prompts) * n`` sub-requests, prompt-major.
 
         With ``n > 1`` every sample gets a fresh uuid rid (SGLang's ``regenerate_rid``);
-        otherwise ``rids`` (or fresh uuids) name the prompts.
+        otherwise ``rids`` (or fresh uuids) name the prompts. ``check(prompt index, context)``
+        may refuse a request (``ValueError``) once its context (with a session's history) is
+        known, as SGLang's scheduler does.
 
         Raises:
             ValueError: Context too long, or a rid is already in flight.
@@ -193,6 +196,8 @@ class Engine:
                         begun.append(key)
                         self.abort(discarded)
                     self.check_length(len(context), sp.max_new_tokens)
+                    if check is not None:
+                        check(p, context)
                     limit = self.config.context_length - len(context)
                     max_tokens = limit if sp.max_new_tokens is None else sp.max_new_tokens
                     gen = Generation(self.tokenizer, context, sp, max_tokens, self._seed(sp, s))

@@ -180,24 +180,26 @@ class NativeGenerate:
                 if isinstance(get(name), list) and (name != "token_ids_logprob" or is_batch):
                     raise ValueError(f"Cannot use list {name} with parallel_sample_num > 1")
         rids = self._rids(get("rid"), len(prompts), is_batch)
-        self._check_logprob_start(data, prompts)
         session_list = sessions if any(s is not None for s in sessions) else None
-        run = self.engine.make_run(prompts, params, rids, session_list)
+
+        def check(p: int, context: list[int]) -> None:
+            self._check_logprob_start(data, p, context)
+
+        run = self.engine.make_run(prompts, params, rids, session_list, check)
         self._attach_logprobs(data, run, n)
         return run, is_batch or n > 1
 
     @staticmethod
-    def _check_logprob_start(data: dict[str, Any], prompts: list[list[int]]) -> None:
-        """SGLang's scheduler refuses input logprobs that would start past the input (with
-        ``return_logprob``; without, the start is ignored)."""
-        for p, prompt in enumerate(prompts):
-            start = _pick(data, "logprob_start_len", p, -1)
-            if _pick(data, "return_logprob", p, False) and start > len(prompt):
-                raise RequestAborted(
-                    f"req.logprob_start_len={start} is higher than the number of input tokens"
-                    f" len(req.origin_input_ids)={len(prompt)}."
-                    " Please use a smaller logprob_start_len."
-                )
+    def _check_logprob_start(data: dict[str, Any], p: int, context: list[int]) -> None:
+        """SGLang's scheduler refuses input logprobs that would start past the input, a
+        session's history included (with ``return_logprob``; without, the start is ignored)."""
+        start = _pick(data, "logprob_start_len", p, -1)
+        if _pick(data, "return_logprob", p, False) and start > len(context):
+            raise RequestAborted(
+                f"req.logprob_start_len={start} is higher than the number of input tokens"
+                f" len(req.origin_input_ids)={len(context)}."
+                " Please use a smaller logprob_start_len."
+            )
 
     def _attach_logprobs(self, data: dict[str, Any], run: Run, n: int) -> None:
         wanted = data.get("return_logprob")

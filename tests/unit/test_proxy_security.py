@@ -65,6 +65,11 @@ TRAVERSALS = [
     "/health%5c..%5cgenerate",
     "/health\\..\\generate",
     "/generate%00",
+    "/v1/models/..%2Fflush_cache",
+    "/v1/models/%2e%2e%2f..%2fgenerate",
+    "/v1/models/a%5cb",
+    "/v1/models/a%00",
+    "/v1/models/a%2F%2Fb",
 ]
 
 
@@ -107,6 +112,20 @@ def test_check_path_is_exact() -> None:
         assert check_path(bad, bad.encode()) is not None
     assert check_path("/a/b", b"/a%2Fb") is not None  # decoded looks fine; the raw had %2F
     assert check_path("/a/..", b"/a/%2e%2e") is not None
+    # A Hugging Face model id ("org/name") is one %2F-encoded segment of /v1/models/...
+    assert check_path("/v1/models/org/name", b"/v1/models/org%2Fname") is None
+    assert check_path("/v1/org/name", b"/v1/org%2Fname") is not None  # ...and nowhere else
+
+
+def test_a_model_id_with_a_slash_is_retrieved_through_the_proxy(
+    guarded: str, fake: FakeSGLangServer
+) -> None:
+    model = fake.app.config.model_name  # "fake/sglang-tiny"
+    assert "/" in model
+    target = "/v1/models/" + model.replace("/", "%2F")
+    status, body = raw_request(guarded, "GET", target, b"", {"Authorization": f"Bearer {USER}"})
+    assert status == 200, body
+    assert json.loads(body)["id"] == model
 
 
 def test_prefix_of_an_open_route_is_not_open() -> None:
