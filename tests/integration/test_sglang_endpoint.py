@@ -28,8 +28,8 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(params=["server", "proxy"])
-def http(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    url = request.getfixturevalue("sglang_url" if request.param == "server" else "proxy_url")
+def http(request: pytest.FixtureRequest, sglang_url: str, proxy_url: str) -> Iterator[httpx.Client]:
+    url = sglang_url if request.param == "server" else proxy_url
     with httpx.Client(base_url=url, timeout=120) as client:
         yield client
 

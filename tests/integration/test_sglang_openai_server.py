@@ -40,9 +40,8 @@ CHAT_CASES = [
 
 
 @pytest.fixture(params=["server", "proxy"])
-def base(request: pytest.FixtureRequest) -> str:
-    name = "sglang_url" if request.param == "server" else "proxy_url"
-    return str(request.getfixturevalue(name))
+def base(request: pytest.FixtureRequest, sglang_url: str, proxy_url: str) -> str:
+    return sglang_url if request.param == "server" else proxy_url
 
 
 @pytest.fixture

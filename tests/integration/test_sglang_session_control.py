@@ -32,9 +32,9 @@ GREEDY = {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}
 
 
 @pytest.fixture(params=["server", "proxy"])
-def http(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+def http(request: pytest.FixtureRequest, sglang_url: str, proxy_url: str) -> Iterator[httpx.Client]:
     """The server under test, or the proxy in front of it (session requests pass through)."""
-    url = request.getfixturevalue("sglang_url" if request.param == "server" else "proxy_url")
+    url = sglang_url if request.param == "server" else proxy_url
     with httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
