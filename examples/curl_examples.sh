@@ -88,6 +88,14 @@ first = items[0]
 text = first["text"] if "text" in first else first["choices"][0]["message"]["content"]
 print(f"{len(items)} result(s), first: {text[:40]!r}")' "$tmp/body"
 }
+# The first N characters of each line of stdin. Not `cut -c`: GNU cut counts bytes, and cutting
+# a real model's text inside a UTF-8 character leaves bytes a terminal cannot decode.
+clip() {
+  "$PYTHON" -c '
+import sys
+for line in sys.stdin.buffer.read().decode("utf-8", "replace").splitlines():
+    print(line[: int(sys.argv[1])])' "$1"
+}
 expect() {  # expect STEP WANTED...: the last answer's X-Cache must be one of WANTED
   local step=$1 got
   shift
@@ -125,7 +133,7 @@ echo
 echo "POST /generate with \"stream\": true (a hit is replayed as one event, then [DONE])"
 stream="${body%\}}, \"stream\": true}"
 curl -fsS -N --max-time 120 ${auth[@]+"${auth[@]}"} -H 'Content-Type: application/json' -d "$stream" \
-  "$PROXY/generate" | cut -c 1-100
+  "$PROXY/generate" | clip 100
 echo
 
 echo "POST /v1/chat/completions"
@@ -137,7 +145,7 @@ expect "chat, same request" HIT
 
 echo
 echo "GET /v1/models (passed through to SGLang unchanged)"
-curl -fsS --max-time 30 ${auth[@]+"${auth[@]}"} "$PROXY/v1/models" | cut -c 1-120
+curl -fsS --max-time 30 ${auth[@]+"${auth[@]}"} "$PROXY/v1/models" | clip 120
 echo
 echo "GET /cache/stats"
 curl -fsS --max-time 30 ${auth[@]+"${auth[@]}"} "$PROXY/cache/stats" | "$PYTHON" -c '
@@ -146,6 +154,6 @@ s = json.load(sys.stdin)
 print("  {} keys, {} completions; hits={} misses={} partial={} hit_rate={:.2f}".format(
     s["num_keys"], s["total_responses"], s["hits"], s["misses"], s["partial_hits"], s["hit_rate"]))'
 echo "GET /cache/info?limit=1"
-curl -fsS --max-time 30 ${auth[@]+"${auth[@]}"} "$PROXY/cache/info?limit=1" | cut -c 1-160
+curl -fsS --max-time 30 ${auth[@]+"${auth[@]}"} "$PROXY/cache/info?limit=1" | clip 160
 echo
 echo "Done."

@@ -151,6 +151,7 @@ class Docs:
             ["bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", code],
             capture_output=True,
             text=True,
+            errors="replace",  # judged by exit status and content, not by its encoding
             timeout=TIMEOUT,
             cwd=self.work,
             env=self.env(**env),

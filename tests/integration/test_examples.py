@@ -20,6 +20,7 @@ def run_example(name: str, sglang_url: str | None) -> subprocess.CompletedProces
         [sys.executable, str(EXAMPLES / name)],
         capture_output=True,
         text=True,
+        errors="replace",  # judged by exit status and content, not by its encoding
         timeout=45,
         env=env,
         check=False,

@@ -5,7 +5,8 @@ process half a second later and expects the server to abort them all and hold on
 (no leaked KV memory). Here: the same from a killed child process, straight to the server and
 through the proxy (which must turn the vanished client into upstream aborts); then the server's
 running and queued requests fall back to 0, its KV cache holds no running tokens and a new
-request is served. Memory accounting itself is the server's own test (it needs its internals).
+request is served. KV usage is not compared: the radix cache keeps the aborted prefixes,
+as it should. Memory accounting itself is the server's own test (it needs its internals).
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ async def test_killed_clients_leave_nothing_running(
 ) -> None:
     target = paced_url if via == "server" else proxies(paced_url, "--quiet").url
     async with SGLangClient(paced_url, timeout=60) as client:
-        before = await client.load()
         process = multiprocessing.get_context("spawn").Process(target=_flood, args=(target,))
         process.start()
         try:
@@ -75,6 +75,5 @@ async def test_killed_clients_leave_nothing_running(
             assert time.monotonic() < deadline, f"still busy {ABORTED_WITHIN} s after: {load}"
             await anyio.sleep(0.2)
             load = await client.load()
-        assert load.kv_tokens_used == before.kv_tokens_used or not load.kv_tokens_used
         served = await client.generate(PROMPT, sampling_params={"max_new_tokens": 4})
     assert not isinstance(served, list) and served.meta_info.completion_tokens
