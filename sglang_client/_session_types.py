@@ -137,6 +137,9 @@ class Session:
     _holder: object | None = field(default=None, init=False, repr=False)  # its stream's token
     _deleted: bool = field(default=False, init=False, repr=False)
     _released: bool = field(default=False, init=False, repr=False)
+    # token_ids of the first k turns, so that a turn joins only its own ids to the list, and
+    # a fork starts from its parent's tuple (shared, not copied).
+    _ids_memo: tuple[int, tuple[int, ...]] = field(default=(0, ()), init=False, repr=False)
 
     @property
     def is_deleted(self) -> bool:
@@ -163,10 +166,14 @@ class Session:
         """
         if not self.token_exact:
             return None
-        ids: list[int] = []
-        for turn in self.history:
-            ids += turn.token_ids
-        return tuple(ids)
+        done, ids = self._ids_memo
+        turns = self.history
+        if done > len(turns):  # history was cut by hand: start over
+            done, ids = 0, ()
+        if done < len(turns):
+            ids += tuple(token for turn in turns[done:] for token in turn.token_ids)
+            self._ids_memo = (len(turns), ids)
+        return ids
 
     @property
     def prefix(self) -> str:

@@ -264,6 +264,7 @@ class SessionManager:
                 last_rid=parent.last_rid,
                 token_exact=parent.token_exact,
             )
+            child._ids_memo = parent._ids_memo
             if child.server_session_id is not None:
                 self._server_refs[child.server_session_id] += 1
             self._add(child)

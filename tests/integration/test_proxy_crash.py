@@ -14,6 +14,7 @@ that assumed it could not failed now and then.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -52,18 +53,27 @@ def _load(
                 acked.append((time.monotonic(), prompt, response.content))
 
 
-def _loaded(proxy: ProxyProcess, seconds: float) -> list[tuple[str, bytes]]:
-    """Load the proxy with four clients for ``seconds``; the answers they were given."""
+def _loaded(
+    proxy: ProxyProcess, seconds: float, then: Callable[[], None] = lambda: None
+) -> list[tuple[str, bytes]]:
+    """Load the proxy with four clients for ``seconds``, call ``then`` (a kill) before they
+    stop; the answers they were given."""
     stop = threading.Event()
     acked: list[tuple[float, str, bytes]] = []
     workers = [threading.Thread(target=_load, args=(proxy, stop, acked)) for _ in range(4)]
     for worker in workers:
         worker.start()
     time.sleep(seconds)
+    then()
     stop.set()
     for worker in workers:
         worker.join(timeout=30)
     return [(prompt, answer) for _, prompt, answer in acked]
+
+
+def _kill(proxy: ProxyProcess) -> None:
+    proxy.proc.send_signal(signal.SIGKILL)
+    proxy.proc.wait(timeout=10)
 
 
 def _wait_until_committed(proxy: ProxyProcess, timeout: float = 30.0) -> None:
@@ -97,17 +107,8 @@ def test_kill_9_under_load_keeps_every_acknowledged_answer(
             break  # the last start only checks the last kill
         committed = _loaded(proxy, LOAD_SECONDS)
         _wait_until_committed(proxy)
-        stop = threading.Event()
-        acked: list[tuple[float, str, bytes]] = []
-        workers = [threading.Thread(target=_load, args=(proxy, stop, acked)) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        time.sleep(LOAD_SECONDS)
-        proxy.proc.send_signal(signal.SIGKILL)  # amid writes the proxy has not committed yet
-        proxy.proc.wait(timeout=10)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
+        # SIGKILL amid writes the proxy has not committed yet.
+        acked = _loaded(proxy, LOAD_SECONDS, then=functools.partial(_kill, proxy))
         assert len(committed) > 20 and acked, "the proxy served too little load to test anything"
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

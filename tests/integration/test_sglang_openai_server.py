@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -30,9 +31,22 @@ CHAT = [
 ]
 TOKENS = 8  # SGLang's tests ask for 32; fewer keep the CPU run short and test the same
 
+
+class Case(NamedTuple):
+    """One completions case of SGLang's matrix."""
+
+    echo: bool
+    logprobs: int | None
+    use_list: bool  # two prompts
+    n: int
+    token_input: bool  # the prompt as ids
+
+
 COMPLETION_CASES = [
-    pytest.param(*case, id="echo={}-logprobs={}-list={}-n={}-ids={}".format(*case))
-    for case in itertools.product([False, True], [None, 5], [False, True], [1, 2], [False, True])
+    pytest.param(case, id="echo={}-logprobs={}-list={}-n={}-ids={}".format(*case))
+    for case in itertools.starmap(
+        Case, itertools.product([False, True], [None, 5], [False, True], [1, 2], [False, True])
+    )
 ]
 CHAT_CASES = [
     pytest.param(lp, n, id=f"logprobs={lp}-n={n}") for lp, n in itertools.product([None, 5], [1, 2])
@@ -59,26 +73,19 @@ def _prompt_ids(base: str) -> list[int]:
     return tokens
 
 
-def _prompt_arg(base: str, use_list: bool, token_input: bool) -> tuple[object, int, int]:
+def _prompt_arg(base: str, case: Case) -> tuple[object, int, int]:
     """The ``prompt`` argument, its prompt token count, and the number of prompts."""
     ids = _prompt_ids(base)
-    one: object = ids if token_input else PROMPT
-    if use_list:
+    one: object = ids if case.token_input else PROMPT
+    if case.use_list:
         return [one, one], 2 * len(ids), 2
     return one, len(ids), 1
 
 
-@pytest.mark.parametrize(("echo", "logprobs", "use_list", "n", "token_input"), COMPLETION_CASES)
-def test_completion_matrix(
-    client: openai.OpenAI,
-    base: str,
-    echo: bool,
-    logprobs: int | None,
-    use_list: bool,
-    n: int,
-    token_input: bool,
-) -> None:
-    prompt, prompt_tokens, prompts = _prompt_arg(base, use_list, token_input)
+@pytest.mark.parametrize("case", COMPLETION_CASES)
+def test_completion_matrix(client: openai.OpenAI, base: str, case: Case) -> None:
+    echo, logprobs, _, n, _ = case
+    prompt, prompt_tokens, prompts = _prompt_arg(base, case)
     response = client.completions.create(
         model="default",
         prompt=prompt,  # type: ignore[arg-type]
@@ -105,17 +112,10 @@ def test_completion_matrix(
     assert response.usage.completion_tokens > 0 and response.usage.total_tokens > 0
 
 
-@pytest.mark.parametrize(("echo", "logprobs", "use_list", "n", "token_input"), COMPLETION_CASES)
-def test_completion_stream_matrix(
-    client: openai.OpenAI,
-    base: str,
-    echo: bool,
-    logprobs: int | None,
-    use_list: bool,
-    n: int,
-    token_input: bool,
-) -> None:
-    prompt, _, prompts = _prompt_arg(base, use_list, token_input)
+@pytest.mark.parametrize("case", COMPLETION_CASES)
+def test_completion_stream_matrix(client: openai.OpenAI, base: str, case: Case) -> None:
+    echo, logprobs, _, n, _ = case
+    prompt, _, prompts = _prompt_arg(base, case)
     stream = client.completions.create(
         model="default",
         prompt=prompt,  # type: ignore[arg-type]

@@ -1,24 +1,16 @@
-"""Token-exact sessions: exact request bodies on the mock, then the radix cache on the fake.
-
-On the fake (BPE-faithful tokenizer) a token-exact session gets every earlier token of its
-conversation and of its forks cached, and a text session, re-tokenized whole, does not.
-"""
+"""Token-exact sessions: exact request bodies on the mock, and the fake's BPE-like seams."""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from sglang_client import SGLangClient, TokenizerUnavailable
-from sglang_client.sessions import Session, SessionManager
-from sglang_client.testing import FakeSGLangServer
+from sglang_client import TokenizerUnavailable
+from sglang_client.sessions import SessionManager
 from sglang_client.testing._tokenizer import TOKENIZERS
-from sglang_client.types import GenerateResponse
 
 from .test_sessions import MockSGLang, manager_for
 
@@ -180,79 +172,9 @@ async def test_a_local_tokenizer_replaces_the_tokenize_request(
         SessionManager(mock.client(), tokenizer=object())  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------- the radix cache (fake)
-
-GREEDY = {"temperature": 0, "max_new_tokens": 24}
-SYSTEM = "You are a careful assistant. Answer in one short paragraph.\n" * 8
-QUESTIONS = [f"\nQ{i}: tell me about the river and the city, part {i}.\nA:" for i in range(8)]
-
-
-@pytest.fixture(scope="module")
-def fake_url() -> Iterator[str]:
-    with FakeSGLangServer() as server:
-        yield server.url
-
-
-@asynccontextmanager
-async def managed(url: str, **options: Any) -> AsyncIterator[SessionManager]:
-    async with SGLangClient(url) as client, SessionManager(client, **options) as manager:
-        await client.flush_cache()
-        yield manager
-
-
-def reusable(before: GenerateResponse) -> int:
-    """Every token of the context a turn continues: the last request's prompt and output,
-    less a final stop token (which a session does not send again). SGLang caches all of them
-    but the last generated token, which it has no KV for: at most 1 is recomputed."""
-    meta = before.meta_info
-    finish = meta.finish_reason
-    eos = finish is not None and finish.type == "stop" and isinstance(finish.matched, int)
-    return (meta.prompt_tokens or 0) + (meta.completion_tokens or 0) - int(eos)
-
-
-async def converse(manager: SessionManager, session: Session) -> list[tuple[int, int]]:
-    """(cached, reusable) of every turn after the first."""
-    seen: list[tuple[int, int]] = []
-    previous = await manager.generate(session.id, QUESTIONS[0], **GREEDY)
-    for question in QUESTIONS[1:]:
-        result = await manager.generate(session.id, question, **GREEDY)
-        seen.append((result.meta_info.cached_tokens or 0, reusable(previous)))
-        previous = result
-    return seen
-
-
-async def test_fake_token_exact_caches_every_earlier_token_and_text_does_not(
-    fake_url: str,
-) -> None:
-    async with managed(fake_url, token_exact=True) as manager:
-        exact = await converse(manager, await manager.create_session(SYSTEM))
-    async with managed(fake_url, token_exact=False) as manager:
-        text = await converse(manager, await manager.create_session(SYSTEM))
-    assert all(0 <= whole - cached <= 1 for cached, whole in exact), exact
-    assert any(whole - cached > 1 for cached, whole in text), text
-
-
-async def test_fake_forks_of_a_token_exact_session_reuse_the_whole_parent(
-    fake_url: str,
-) -> None:
-    async with managed(fake_url, token_exact=True) as manager:
-        root = await manager.create_session(SYSTEM)
-        last = await manager.generate(root.id, QUESTIONS[0], **GREEDY)
-        frontier = [(root, last)]
-        for depth in range(1, 3):
-            grown = []
-            for parent, before in frontier:
-                kids = await manager.fork_session(parent.id, n=2)
-                assert isinstance(kids, list)
-                for kid in kids:
-                    result = await manager.generate(
-                        kid.id, QUESTIONS[depth], temperature=0.9, max_new_tokens=12
-                    )
-                    # The parent's whole context (a sibling may have added more).
-                    assert (result.meta_info.cached_tokens or 0) >= reusable(before) - 1
-                    grown.append((kid, result))
-            frontier = grown
-    assert len(frontier) == 4
+# ---------------------------------------------------------------- the fake's tokenizer
+# (the radix-cache tests, token-exact against text and forks, are in
+# tests/integration/test_sessions_http.py: they run on the fake here and on real SGLang)
 
 
 def test_the_bpe_tokenizer_shows_seams_and_the_words_one_does_not() -> None:
