@@ -24,6 +24,7 @@ from sglang_client.errors import (
     NotFoundError,
     PermissionDeniedError,
     ServerOverloadedError,
+    ServerSessionsUnavailable,
     SessionNotFoundError,
     SGLangError,
     StreamError,
@@ -31,6 +32,7 @@ from sglang_client.errors import (
     UnprocessableEntityError,
 )
 from sglang_client.prefix_tree import BatchAnalysis, PrefixStats, PrefixTree
+from sglang_client.routing import request_headers, routing_key
 from sglang_client.sessions import Session, SessionManager, SessionStream, Turn
 from sglang_client.streaming import AsyncStream
 from sglang_client.types import (
@@ -39,6 +41,7 @@ from sglang_client.types import (
     Completion,
     CompletionChunk,
     FinishReason,
+    GatewayWorker,
     GenerateResponse,
     HealthStatus,
     MetaInfo,
@@ -62,6 +65,7 @@ __all__ = [
     "Completion",
     "CompletionChunk",
     "FinishReason",
+    "GatewayWorker",
     "GenerateResponse",
     "HealthStatus",
     "InternalServerError",
@@ -76,6 +80,7 @@ __all__ = [
     "ServerInfo",
     "ServerLoad",
     "ServerOverloadedError",
+    "ServerSessionsUnavailable",
     "Session",
     "SessionManager",
     "SessionNotFoundError",
@@ -86,6 +91,8 @@ __all__ = [
     "Turn",
     "UnprocessableEntityError",
     "__version__",
+    "request_headers",
+    "routing_key",
 ]
 
 # Users see `sglang_client.SGLangClient` in reprs and tracebacks, not the private module path.

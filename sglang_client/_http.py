@@ -24,6 +24,7 @@ import httpx
 from sglang_client._defaults import NOT_GIVEN, NotGiven
 from sglang_client._retry import RetryPolicy
 from sglang_client.errors import APIConnectionError, APITimeoutError, error_from_response
+from sglang_client.routing import current_headers
 
 if TYPE_CHECKING:
     import aiohttp
@@ -307,6 +308,9 @@ class HTTPPipeline:
         if body is not None:
             content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
             headers = self._json_headers
+        scoped = current_headers()
+        if scoped:
+            headers = {**headers, **scoped}
         t = self.timeouts if isinstance(timeout, NotGiven) else Timeouts.of(timeout)
         return await self.retry.call(lambda: self._send_once(method, url, headers, content, t))
 

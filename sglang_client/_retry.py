@@ -1,6 +1,7 @@
 """When to retry, and how long to wait: one policy for every endpoint.
 
-Retried: connection errors and timeouts raised before any response byte arrived, and 502/503/504.
+Retried: connection errors and timeouts raised before any response byte arrived, 502/503/504,
+and the 500 with which SGLang's Model Gateway says it could not reach the worker it chose.
 Never retried: other statuses (a 4xx will fail the same way again), anything after a stream has
 started yielding (the caller has already seen output).
 """
@@ -22,6 +23,10 @@ from sglang_client.errors import APIConnectionError, APIStatusError
 __all__ = ["RETRYABLE_STATUS_CODES", "RetryPolicy", "parse_retry_after"]
 
 RETRYABLE_STATUS_CODES = frozenset({502, 503, 504})
+# smg answers a request it could not send to its chosen worker (a worker that just died, before
+# a health check took it out) with 500 and reqwest's message: nothing ran, so a retry is safe,
+# and a later attempt goes to the worker that replaces it.
+_GATEWAY_SEND_FAILED = "error sending request for url"
 MAX_RETRY_AFTER = 60.0
 
 T = TypeVar("T")
@@ -61,6 +66,8 @@ class RetryPolicy:
     def is_retryable(exc: BaseException) -> bool:
         """Whether ``exc`` (raised before any response byte was consumed) may be retried."""
         if isinstance(exc, APIStatusError):
+            if exc.status_code == 500:
+                return str(exc).startswith(_GATEWAY_SEND_FAILED)
             return exc.status_code in RETRYABLE_STATUS_CODES
         return isinstance(exc, APIConnectionError)
 

@@ -116,6 +116,9 @@ class Session:
         last_rid: the rid of the last turn, which a server session's next turn continues from.
         token_exact: whether turns send token ids (``token_ids`` + the new input's ids) rather
             than text for the server to re-tokenize.
+        routing_key: sent as ``X-SMG-Routing-Key`` with every turn, so SGLang's Model Gateway
+            keeps the session on one worker (``None``: not sent). Forks share their parent's
+            by default, so they run where its prefix is cached.
     """
 
     id: str
@@ -128,6 +131,7 @@ class Session:
     server_session_id: str | None = None
     last_rid: str | None = None
     token_exact: bool = False
+    routing_key: str | None = None
     # A semaphore rather than an anyio.Lock: a stream's async generator may be finalised in
     # another task (asyncio's asyncgen hook), and anyio.Lock refuses a release from there.
     _lock: anyio.Semaphore = field(

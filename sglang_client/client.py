@@ -42,6 +42,8 @@ from sglang_client.types import (
     ChatCompletionChunk,
     Completion,
     CompletionChunk,
+    GatewayWorker,
+    GatewayWorkers,
     GenerateResponse,
     HealthStatus,
     ModelInfo,
@@ -359,6 +361,16 @@ class SGLangClient:
         """``GET /server_info`` (``/get_server_info`` on older servers)."""
         response = await self._get_with_fallback("/server_info", "/get_server_info", timeout)
         return self._validate(ServerInfo, response.content, "/server_info")
+
+    async def workers(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> list[GatewayWorker]:
+        """``GET /workers`` of SGLang's Model Gateway: each worker's URL, health and load.
+
+        Raises:
+            NotFoundError: the server is an SGLang worker, not a gateway.
+        """
+        response = await self._get("/workers", timeout)
+        listed = self._validate(GatewayWorkers, response.content, "/workers")
+        return listed.workers
 
     async def flush_cache(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> str:
         """Empty the server's radix (prefix) cache; returns the server's message."""

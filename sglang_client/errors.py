@@ -146,6 +146,11 @@ class TokenizerUnavailable(SGLangError):
     tokenizer was given."""
 
 
+class ServerSessionsUnavailable(SGLangError):
+    """Server sessions were asked for, but the server routes no ``/open_session`` (SGLang's
+    Model Gateway 0.3 does not); client-side sessions work there."""
+
+
 STATUS_TO_ERROR: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,

@@ -37,6 +37,12 @@ from typing import Any, Literal, overload
 import anyio
 
 from sglang_client._session_chat import chat_chunks, chat_reply
+from sglang_client._session_routing import (
+    open_server_session,
+    route,
+    routed,
+    session_routing_key,
+)
 from sglang_client._session_tokens import LocalTokenizer, TokenSource
 from sglang_client._session_types import (
     Session,
@@ -88,6 +94,9 @@ class SessionManager:
             tokenizer or a ``tokenizers.Tokenizer`` of the served model), saving the
             ``/tokenize`` request a turn otherwise costs.
         capacity_of_str_len: passed to ``/open_session`` (SGLang requires it).
+        routing_keys: send each session's ``routing_key`` as ``X-SMG-Routing-Key`` with its
+            turns, so SGLang's Model Gateway (``smg --policy manual``) keeps a session, and by
+            default its forks, on one worker and its radix cache. A plain SGLang ignores it.
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class SessionManager:
         token_exact: bool | None = None,
         tokenizer: LocalTokenizer | None = None,
         capacity_of_str_len: int = 65536,
+        routing_keys: bool = True,
     ) -> None:
         if server_sessions and token_exact:
             raise ValueError(
@@ -109,6 +119,7 @@ class SessionManager:
         self._token_exact = False if server_sessions else token_exact
         self._tokens = TokenSource(client, tokenizer)
         self._capacity = capacity_of_str_len
+        self._routing_keys = routing_keys
         self._sessions: dict[str, Session] = {}
         self._server_refs: dict[str, int] = {}
         self._tree = PrefixTree()
@@ -165,6 +176,7 @@ class SessionManager:
         chat: bool = False,
         metadata: Mapping[str, object] | None = None,
         session_id: str | None = None,
+        routing_key: str | None = None,
     ) -> Session:
         """Start a session.
 
@@ -173,11 +185,15 @@ class SessionManager:
             chat: use ``/v1/chat/completions`` with OpenAI-style messages.
             metadata: the caller's own data, kept on ``Session.metadata``.
             session_id: the id to use; a fresh uuid hex by default.
+            routing_key: the gateway routing key (1-256 visible ASCII characters); default:
+                the session id (a hash of it, if the id is not such a string).
 
         Raises:
-            ValueError: ``session_id`` is in use, or ``chat`` with server sessions (SGLang's
-                OpenAI routes ignore ``session_params``).
+            ValueError: ``session_id`` is in use or ``routing_key`` invalid, or ``chat`` with
+                server sessions (SGLang's OpenAI routes ignore ``session_params``).
             TypeError: ``system_prompt`` is not a str.
+            ServerSessionsUnavailable: server sessions, and the server has no
+                ``/open_session`` (SGLang's Model Gateway 0.3 routes none).
         """
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise TypeError(f"system_prompt must be a str, not {type(system_prompt).__name__}")
@@ -192,9 +208,10 @@ class SessionManager:
             raise ValueError(f"session_id must be a non-empty str, got {session_id!r}")
         if session_id in self._sessions:
             raise ValueError(f"session id {session_id!r} is already in use")
+        key = session_routing_key(session_id, routing_key) if self._routing_keys else None
         server_id = None
         if self._server_sessions:
-            server_id = await self._client.open_session(self._capacity)
+            server_id = await open_server_session(self._client, self._capacity, key)
             if session_id in self._sessions:  # taken by a concurrent create_session
                 with anyio.CancelScope(shield=True):
                     await self._client.close_session(server_id)
@@ -207,6 +224,7 @@ class SessionManager:
             metadata=dict(metadata or {}),
             server_session_id=server_id,
             token_exact=not chat and self._token_exact is not False,
+            routing_key=key,
         )
         self._add(session)
         return session
@@ -227,17 +245,27 @@ class SessionManager:
         return list(self._sessions.values())
 
     @overload
-    async def fork_session(self, session_id: str, n: Literal[1] = 1) -> Session: ...
+    async def fork_session(
+        self, session_id: str, n: Literal[1] = 1, *, same_worker: bool = True
+    ) -> Session: ...
 
     @overload
-    async def fork_session(self, session_id: str, n: int) -> Session | list[Session]: ...
+    async def fork_session(
+        self, session_id: str, n: int, *, same_worker: bool = True
+    ) -> Session | list[Session]: ...
 
-    async def fork_session(self, session_id: str, n: int = 1) -> Session | list[Session]:
+    async def fork_session(
+        self, session_id: str, n: int = 1, *, same_worker: bool = True
+    ) -> Session | list[Session]:
         """Copy a session: the children start with its history and are independent after.
 
         The fork copies the turns finished so far; a turn still running on the parent is not
         part of it (so forking never waits). Server-session children share the server session
-        and branch from the parent's last rid.
+        and branch from the parent's last rid. With ``same_worker`` (default) children share
+        the parent's routing key, so behind SGLang's Model Gateway they run on its worker and
+        reuse its cached prefix; with ``False`` each gets its own key (its id), spreading a
+        wide tree over the workers at the price of re-computing the prefix once per worker.
+        Server-session forks always stay (the session lives on one worker).
 
         Returns:
             One ``Session`` for ``n == 1``, else a list of ``n``.
@@ -264,6 +292,8 @@ class SessionManager:
                 last_rid=parent.last_rid,
                 token_exact=parent.token_exact,
             )
+            same = same_worker or child.server_session_id is not None
+            child.routing_key = parent.routing_key if same else session_routing_key(child.id, None)
             child._ids_memo = parent._ids_memo
             if child.server_session_id is not None:
                 self._server_refs[child.server_session_id] += 1
@@ -325,14 +355,8 @@ class SessionManager:
         session = self.get_session(session_id)
         params, extra = split_params(prompt, sampling, session.chat)
         async with self._turn(session):
-            if session.chat:
-                return await self._chat_turn(session, prompt, {**params, **extra})
-            kwargs, new_ids = await self._native_request(session, prompt)
-            result = await self._client.generate(sampling_params=params, **kwargs, **extra)
-            if isinstance(result, list):
-                raise SGLangError(f"expected one response for a session turn, got {len(result)}")
-            self._record(session, prompt, result.text, result.meta_info, result.output_ids, new_ids)
-            return result
+            with route(session):
+                return await self._one_turn(session, prompt, params, extra)
 
     def generate_stream(self, session_id: str, prompt: str, **sampling: object) -> SessionStream:
         """Run one turn as a stream of ``StreamChunk`` objects (``.delta``, ``.text``).
@@ -409,6 +433,18 @@ class SessionManager:
             finally:
                 session._owner = session._holder = None
 
+    async def _one_turn(
+        self, session: Session, prompt: str, params: dict[str, Any], extra: dict[str, Any]
+    ) -> GenerateResponse:
+        if session.chat:
+            return await self._chat_turn(session, prompt, {**params, **extra})
+        kwargs, new_ids = await self._native_request(session, prompt)
+        result = await self._client.generate(sampling_params=params, **kwargs, **extra)
+        if isinstance(result, list):
+            raise SGLangError(f"expected one response for a session turn, got {len(result)}")
+        self._record(session, prompt, result.text, result.meta_info, result.output_ids, new_ids)
+        return result
+
     async def _native_request(
         self, session: Session, prompt: str
     ) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -465,9 +501,10 @@ class SessionManager:
         token: object,
     ) -> AsyncGenerator[StreamChunk, None]:
         async with self._turn(session, token):
-            kwargs, new_ids = await self._native_request(session, prompt)
+            with route(session):
+                kwargs, new_ids = await self._native_request(session, prompt)
             stream = self._client.generate_stream(sampling_params=params, **kwargs, **extra)
-            iterator = stream.__aiter__()
+            iterator = routed(session, stream.__aiter__())
             try:
                 async for chunk in iterator:
                     if chunk.finish_reason is not None:
@@ -488,7 +525,7 @@ class SessionManager:
         self, session: Session, prompt: str, params: dict[str, Any], token: object
     ) -> AsyncGenerator[StreamChunk, None]:
         async with self._turn(session, token):
-            chunks = chat_chunks(self._client, session.messages, prompt, params)
+            chunks = routed(session, chat_chunks(self._client, session.messages, prompt, params))
             async with aclosing(chunks):
                 async for chunk in chunks:
                     if chunk.finish_reason is not None:

@@ -25,6 +25,8 @@ __all__ = [
     "CompletionLogprobs",
     "CompletionUsage",
     "FinishReason",
+    "GatewayWorker",
+    "GatewayWorkers",
     "GenerateResponse",
     "HealthStatus",
     "MetaInfo",
@@ -168,6 +170,23 @@ class ServerInfo(_Model):
     context_length: int | None = None
     incremental_streaming_output: bool | None = None
     internal_states: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class GatewayWorker(_Model):
+    """One worker in ``GET /workers`` of SGLang's Model Gateway (``smg``)."""
+
+    url: str
+    id: str | None = None
+    model_id: str | None = None
+    worker_type: str | None = None
+    is_healthy: bool = True
+    load: int = 0
+
+
+class GatewayWorkers(_Model):
+    """``GET /workers`` of SGLang's Model Gateway."""
+
+    workers: list[GatewayWorker] = Field(default_factory=list)
 
 
 class CompletionUsage(_Model):

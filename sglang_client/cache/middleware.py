@@ -19,6 +19,7 @@ from sglang_client.types import (
     ChatCompletionChunk,
     Completion,
     CompletionChunk,
+    GatewayWorker,
     GenerateResponse,
     HealthStatus,
     ModelInfo,
@@ -180,6 +181,10 @@ class CachedClient(CacheEngine):
     async def get_server_info(self) -> ServerInfo:
         """The upstream's ``/server_info``."""
         return await self.client.get_server_info()
+
+    async def workers(self) -> list[GatewayWorker]:
+        """``SGLangClient.workers`` (the gateway's worker list; never cached)."""
+        return await self.client.workers()
 
     async def flush_cache(self) -> str:
         """Flush the upstream's prefix cache (not this response cache: see ``clear``)."""

@@ -59,9 +59,11 @@ class RequestHeaders:
         cache_control: the ``Cache-Control`` value, lower-cased.
         bearer: the token of ``Authorization: Bearer <token>``, or ``None``.
         content_length: the declared body size, or ``None`` (absent or unreadable).
+        routing_key: the ``X-SMG-Routing-Key`` value (passed on to a gateway upstream), or
+            ``None``; not yet checked (``routing_key`` in ``sglang_client.routing`` checks).
     """
 
-    __slots__ = ("bearer", "cache_control", "content_length", "content_type")
+    __slots__ = ("bearer", "cache_control", "content_length", "content_type", "routing_key")
 
     def __init__(self, scope: Scope) -> None:
         # One C-level pass; a repeated header keeps its last value, which is fine for these four.
@@ -85,6 +87,8 @@ class RequestHeaders:
         value = headers.get(b"content-length")
         if value is not None and value.isdigit():
             self.content_length = int(value)
+        value = headers.get(b"x-smg-routing-key")
+        self.routing_key = None if value is None else value.decode("latin-1")
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

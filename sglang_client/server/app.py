@@ -27,6 +27,7 @@ import anyio
 from sglang_client.cache.keys import tenant_of
 from sglang_client.cache.stats import CacheStatus
 from sglang_client.errors import SGLangError
+from sglang_client.routing import routing_scope
 from sglang_client.server._admin import AdminRoutes
 from sglang_client.server._asgi import (
     JSON_TYPE,
@@ -349,6 +350,32 @@ class ProxyApp:
                 error = validate_openai(body, self.config.max_n, chat=kind == "chat")
         if error is not None:
             return await self._reject(send, 400, error, "Bad Request")
+        try:
+            route = routing_scope(headers.routing_key)
+        except ValueError as exc:
+            return await self._reject(send, 400, f"X-SMG-Routing-Key: {exc}", "Bad Request")
+        # Misses go upstream under the caller's routing key, so a gateway behind the proxy
+        # keeps the caller's conversation on one worker.
+        with route:
+            return await self._answer(
+                kind, path, raw, body, (read, write), tenant, receive, send, started
+            )
+
+    async def _answer(
+        self,
+        kind: str,
+        path: str,
+        raw: bytes,
+        body: dict[str, Any],
+        use: tuple[bool, bool],
+        tenant: str | None,
+        receive: Receive,
+        send: Send,
+        started: float,
+    ) -> tuple[int, str]:
+        """Answer a valid request to a cached route (``use``: read, write the cache)."""
+        read, write = use
+        memo = self.memo
         try:
             if body.get("stream"):
                 stream = await self._open_stream(kind, path, body, read, write, tenant)

@@ -28,6 +28,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--incremental-streaming-output", action="store_true")
     add("--latency-per-token", type=float, default=0.0, metavar="S")
     add("--time-to-first-token", type=float, default=0.0, metavar="S")
+    add("--prefill-time-per-token", type=float, default=0.0, metavar="S")
     add("--fail-503-rate", type=float, default=0.0, metavar="F")
     add("--fail-500-rate", type=float, default=0.0, metavar="F")
     add("--drop-stream-rate", type=float, default=0.0, metavar="F")

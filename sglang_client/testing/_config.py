@@ -8,7 +8,12 @@ from dataclasses import dataclass, fields
 __all__ = ["FakeServerConfig"]
 
 _RATES = ("fail_503_rate", "fail_500_rate", "drop_stream_rate")
-_DURATIONS = ("latency_per_token", "time_to_first_token", "startup_delay")
+_DURATIONS = (
+    "latency_per_token",
+    "time_to_first_token",
+    "prefill_time_per_token",
+    "startup_delay",
+)
 
 
 @dataclass
@@ -22,6 +27,8 @@ class FakeServerConfig:
         incremental_streaming_output: Stream only new text/ids (``--incremental-streaming-output``).
         latency_per_token: Seconds between two generated tokens.
         time_to_first_token: Seconds before the first token (prefill).
+        prefill_time_per_token: More seconds before the first token per prompt token the radix
+            cache did not hold, as a GPU's prefill costs (a run pays for all its prompts).
         fail_503_rate: Probability that a generation request is refused as queue-full (503).
         fail_500_rate: Probability that a generation request crashes (plain-text 500).
         drop_stream_rate: Probability that a response's connection is cut after some body.
@@ -54,6 +61,7 @@ class FakeServerConfig:
     incremental_streaming_output: bool = False
     latency_per_token: float = 0.0
     time_to_first_token: float = 0.0
+    prefill_time_per_token: float = 0.0
     fail_503_rate: float = 0.0
     fail_500_rate: float = 0.0
     drop_stream_rate: float = 0.0

@@ -234,7 +234,10 @@ class Engine:
     @property
     def paced(self) -> bool:
         """Whether any latency is configured (otherwise runs complete without awaiting)."""
-        return bool(self.config.time_to_first_token or self.config.latency_per_token)
+        config = self.config
+        return bool(
+            config.time_to_first_token or config.latency_per_token or config.prefill_time_per_token
+        )
 
     @staticmethod
     def advance(run: Run) -> list[Sub]:
@@ -267,8 +270,12 @@ class Engine:
     async def ticks(self, run: Run) -> AsyncGenerator[list[Sub], None]:
         """Yield the sub-requests that moved at each token step, sleeping as configured."""
         config = self.config
-        if config.time_to_first_token:
-            await self._sleep(run, config.time_to_first_token)
+        prefill = config.time_to_first_token
+        if config.prefill_time_per_token:
+            uncached = sum(len(sub.prompt_ids) - sub.cached_tokens for sub in run.subs)
+            prefill += config.prefill_time_per_token * uncached
+        if prefill:
+            await self._sleep(run, prefill)
         while True:
             moved = self.advance(run)
             if not moved:
