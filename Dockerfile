@@ -12,7 +12,8 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sglang_client/ ./sglang_client/
-RUN pip install --no-cache-dir '.[server,redis]'
+# The gateway extra adds smg (SGLang's Model Gateway): the compose file's gateway runs this image.
+RUN pip install --no-cache-dir '.[server,redis,gateway]'
 
 # A fixed numeric uid lets orchestrators verify runAsNonRoot; /data holds the SQLite store.
 RUN useradd --create-home --uid 10001 --user-group sglang \

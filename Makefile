@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-real lint bench bench-real soak clean
+.PHONY: demo test test-real test-gateway lint bench bench-real soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 test-real: $(STAMP)
 	$(PY) tests/real_sglang/run.py
 
+# The integration suite through SGLang's Model Gateway (smg, pinned by the gateway extra) in front
+# of two fake workers; the few routes smg 0.3.2 does not pass on are skipped, each naming why.
+test-gateway: $(STAMP)
+	$(PY) tests/gateway/run.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -34,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cache.py
 	$(PY) benchmarks/proxy.py --quick --install-wrk
 	$(PY) benchmarks/sessions.py
+	$(PY) benchmarks/gateway.py
 
 # The session benchmark against real SGLang 0.5.23 on the CPU (built as for test-real).
 bench-real: $(STAMP)

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sglang_client.testing._server import stop_process
+
 WRK_INSTALL = "apt-get install -y wrk"
 
 __all__ = [
@@ -70,12 +72,7 @@ def serve_process(
             time.sleep(0.1)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout=30)
         if err is not None:
             err.close()
 

@@ -54,6 +54,9 @@ class FakeServerStats:
     """Requests per path (every route, also errors)."""
     http: Counter[tuple[str, str]] = field(default_factory=Counter)
     """Requests per (path, method), as ``sglang:http_requests_total`` counts them."""
+    routing_keys: Counter[str] = field(default_factory=Counter)
+    """Requests per ``X-SMG-Routing-Key`` (which SGLang's Model Gateway passes on): behind a
+    gateway, where each key's requests landed."""
     streamed: Counter[str] = field(default_factory=Counter)
     """The streamed share of ``completions_generated``, ``prompt_tokens``, ``generation_tokens``."""
     generate_requests: int = 0

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from sglang_client.testing._config import FakeServerConfig
-from sglang_client.testing._server import FakeSGLangServer
+from sglang_client.testing._server import FakeSGLangServer, stop_process
 
 __all__ = ["GatewayCluster", "find_smg"]
 
@@ -200,13 +200,8 @@ class GatewayCluster:
     def stop(self) -> None:
         """Stop the gateway (by its PID) and every worker."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc)
         for i, worker in enumerate(self.workers):
             if i not in self.stopped:
                 worker.stop()

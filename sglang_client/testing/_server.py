@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
 import threading
 import time
 from types import TracebackType
@@ -22,7 +23,25 @@ from sglang_client.testing._config import FakeServerConfig
 from sglang_client.testing._faults import QuietInjectedFaults
 from sglang_client.testing.app import FakeSGLangApp, create_fake_app
 
-__all__ = ["FakeSGLangServer", "ThreadedServer", "bind_loopback", "quiet_injected_faults"]
+__all__ = [
+    "FakeSGLangServer",
+    "ThreadedServer",
+    "bind_loopback",
+    "quiet_injected_faults",
+    "stop_process",
+]
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """End a process this program started: SIGTERM, then SIGKILL if it outlives ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 def quiet_injected_faults() -> None:

@@ -126,6 +126,9 @@ class FakeSGLangApp:
         path: str = scope["path"]
         self.stats.requests[path] += 1
         self.stats.http[(path, scope["method"])] += 1
+        for name, value in scope["headers"]:
+            if name == b"x-smg-routing-key":
+                self.stats.routing_keys[value.decode("latin-1")] += 1
         if self.config.api_key is not None and not self._authorized(scope, path):
             # SGLang's auth middleware answers before its CORS layer: no vary header.
             self.stats.error_responses += 1

@@ -53,6 +53,8 @@ from typing import Any
 
 import pytest
 
+from sglang_client.testing._server import stop_process as _stop_process
+
 from ._targets import (  # noqa: F401 (fixtures, registered by being here)
     REAL_FIXTURES,
     api_key_server,
@@ -110,12 +112,23 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if real_server_url(config) is None:
         return
+    gateway = os.environ.get("SGLANG_GATEWAY") == "1"
     for item in items:
         marker = item.get_closest_marker("fake_only")
         if marker is not None:
             knob = f": {marker.args[0]}" if marker.args else ""
             reason = f"needs the fake server's knobs{knob}; running against a real SGLang"
             item.add_marker(pytest.mark.skip(reason=reason))
+        marker = item.get_closest_marker("gateway_differs")
+        if gateway and marker is not None:
+            reason = f"through SGLang's Model Gateway 0.3.2: {marker.args[0]}"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def tokenize_url(base: str) -> str:
+    """Where a test learns a prompt's ids: ``base``, or a worker behind a gateway (which does
+    not forward ``/tokenize``)."""
+    return os.environ.get("SGLANG_TOKENIZE_URL", base).rstrip("/")
 
 
 # ------------------------------------------------------------------ processes and ports
@@ -173,13 +186,7 @@ def start_proxy_process(upstream: str, *args: str) -> tuple[subprocess.Popen[byt
     return proc, url
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+stop_process = _stop_process  # the fake's own helper (re-exported for the test modules)
 
 
 # ------------------------------------------------------------------ docker compose

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.anyio
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
 
 
+@pytest.mark.gateway_differs("takes one text per /generate (a list of texts is a 422)")
 async def test_generate_single_batch_and_n(sglang_url: str) -> None:
     async with SGLangClient(sglang_url) as client:
         single = await client.generate("The capital of France is", sampling_params=GREEDY)
@@ -83,6 +84,10 @@ async def test_stream_n_interleaves_indices(sglang_url: str) -> None:
     assert set(finals) == {0, 1}
 
 
+@pytest.mark.gateway_differs(
+    "re-serializes requests into its own types, dropping fields it does not know (seed is "
+    "dropped, not refused)"
+)
 async def test_bad_request_carries_server_message(sglang_url: str) -> None:
     async with SGLangClient(sglang_url) as client:
         with pytest.raises(BadRequestError, match="unknown field `seed`"):
@@ -94,6 +99,7 @@ async def test_bad_request_carries_server_message(sglang_url: str) -> None:
             await client.generate_stream().collect()
 
 
+@pytest.mark.gateway_differs("routes no /abort_request")
 async def test_abort_ends_a_running_generation_with_its_reason(paced_url: str) -> None:
     import anyio
 
@@ -126,6 +132,7 @@ async def test_model_info_has_the_embedding_block(sglang_url: str) -> None:
     assert info.architectures and info.model_type
 
 
+@pytest.mark.gateway_differs("/get_server_info is the gateway's own")
 async def test_info_routes_and_flush(sglang_url: str) -> None:
     async with SGLangClient(sglang_url) as client:
         model = await client.get_model_info()
@@ -289,6 +296,7 @@ async def test_break_releases_connection_for_reuse(paced_url: str) -> None:
         assert isinstance(r, GenerateResponse)
 
 
+@pytest.mark.gateway_differs("routes no /tokenize")
 async def test_tokenize_and_detokenize_match_what_generate_sees(sglang_url: str) -> None:
     text = "Hello world.\n\nThe river"
     async with SGLangClient(sglang_url) as client:

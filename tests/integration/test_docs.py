@@ -303,6 +303,7 @@ def test_every_block_is_runnable_or_says_why_not() -> None:
     assert len(SHELL_BLOCKS) >= 3
 
 
+@pytest.mark.gateway_differs("the README's blocks talk to one SGLang (batch /generate, /tokenize)")
 @pytest.mark.parametrize("block", PYTHON_BLOCKS + SHELL_BLOCKS, ids=lambda b: b.id)
 def test_readme_block(block: Block, docs: Docs) -> None:
     if block.id not in docs.runs:
@@ -356,6 +357,7 @@ def test_make_demo_script(docs: Docs) -> None:
     assert "Stopped the proxy and the fake server." in result.stdout
 
 
+@pytest.mark.gateway_differs("the README's blocks talk to one SGLang (batch /generate, /tokenize)")
 def test_all_runnable_blocks_ran(request: pytest.FixtureRequest) -> None:
     selected = {item.name for item in request.session.items}
     wanted = {b.id for b in RUNNABLE if f"test_readme_block[{b.id}]" in selected}

@@ -182,6 +182,7 @@ async def test_a_stopped_worker_costs_its_sessions_the_prefix_not_a_turn() -> No
             load = asyncio.create_task(plain_load())
             await asyncio.sleep(0.1)
             c.stop_worker(victim)
+            at_stop = len(background)
             rehomed = {}
             for turn in range(2):
                 for s in sessions:
@@ -203,7 +204,7 @@ async def test_a_stopped_worker_costs_its_sessions_the_prefix_not_a_turn() -> No
             stop.set()
             await asyncio.wait_for(load, 30)
     assert rehomed, "no session lived on the stopped worker"
-    assert len(background) > 5
+    assert len(background) > at_stop  # keyless requests kept succeeding through the others
 
 
 def test_two_proxies_share_redis_behind_the_gateway(

@@ -12,6 +12,7 @@ from sglang_client import ServerLoad, SGLangClient
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.gateway_differs("routes no worker's /metrics, /get_load or /server_info")
 async def test_load_rises_under_load_and_falls_back(paced_url: str) -> None:
     # paced_url runs at most 4 requests at once (both the fake and make test-real's SGLang):
     # 6 at once must queue.
@@ -55,6 +56,7 @@ async def test_load_rises_under_load_and_falls_back(paced_url: str) -> None:
     assert after.read_at <= time.time()
 
 
+@pytest.mark.gateway_differs("routes no worker's /metrics, /get_load or /server_info")
 async def test_health_detailed_carries_the_load(sglang_url: str) -> None:
     async with SGLangClient(sglang_url) as client:
         plain = await client.health()

@@ -213,6 +213,7 @@ def _without_created(value: object) -> object:
     return value
 
 
+@pytest.mark.gateway_differs("answers /get_server_info and others itself")
 def test_passthrough_routes_are_unchanged(shared: ProxyProcess, sglang_url: str) -> None:
     for path in ("/model_info", "/get_model_info", "/v1/models", "/v1/models/nope", "/nowhere"):
         direct = httpx.get(sglang_url + path, timeout=10)

@@ -53,6 +53,7 @@ async def test_streamed_turn_is_recorded(sglang_url: str) -> None:
     assert r.meta_info.cached_tokens > 0
 
 
+@pytest.mark.gateway_differs("routes no /open_session (test_gateway.py checks the error)")
 async def test_server_sessions(sglang_url: str) -> None:
     async with managed(sglang_url, server_sessions=True) as manager:
         s = await manager.create_session("System prompt. ")
@@ -122,6 +123,9 @@ async def _lost_per_turn(url: str, **options: Any) -> list[int]:
     return lost
 
 
+@pytest.mark.gateway_differs(
+    "routes no /tokenize: token-exact sessions take a local tokenizer there (test_gateway.py)"
+)
 async def test_token_exact_turns_hit_every_earlier_token_and_text_turns_do_not(
     sglang_url: str,
 ) -> None:
@@ -131,6 +135,9 @@ async def test_token_exact_turns_hit_every_earlier_token_and_text_turns_do_not(
     assert any(n > 1 for n in text), text  # re-tokenized seams and answers miss
 
 
+@pytest.mark.gateway_differs(
+    "routes no /tokenize: token-exact sessions take a local tokenizer there (test_gateway.py)"
+)
 async def test_token_exact_forks_reuse_the_parent_and_streams_keep_ids(sglang_url: str) -> None:
     async with managed(sglang_url, token_exact=True) as manager:
         await manager.client.flush_cache()

@@ -59,6 +59,7 @@ def _decode_body(n: int = 1, batch: bool = False, logprobs: bool = False) -> dic
     }
 
 
+@pytest.mark.gateway_differs("takes one text per /generate (a list of texts is a 422)")
 def test_decodes_single_batch_parallel_and_with_logprobs(http: httpx.Client) -> None:
     single = _post(http, _decode_body())
     assert isinstance(single["text"], str) and single["meta_info"]["completion_tokens"] > 0
@@ -76,6 +77,7 @@ def test_decodes_single_batch_parallel_and_with_logprobs(http: httpx.Client) -> 
     assert all(isinstance(entry[2], str) for entry in meta["input_token_logprobs"])
 
 
+@pytest.mark.gateway_differs("takes one text per /generate (a list of texts is a 422)")
 def test_logprob_start_len_counts_the_skipped_prompt_tokens(http: httpx.Client) -> None:
     start, new = 4, 4
     prompts = ["I have a very good idea on", "Today is a sunndy day and"]
@@ -152,6 +154,9 @@ def _sampled_ids(http: httpx.Client, sampling: dict[str, Any], text: str = PROMP
     return [entry[1] for entry in _post(http, body)["meta_info"]["output_token_logprobs"]]
 
 
+@pytest.mark.gateway_differs(
+    "re-serializes requests into its own types, dropping fields it does not know (logit_bias)"
+)
 def test_logit_bias_forces_forbids_and_stays_per_request(http: httpx.Client) -> None:
     plain = _sampled_ids(http, {"temperature": 1.0, "max_new_tokens": 8, "ignore_eos": True})
     target = plain[0]
@@ -183,6 +188,7 @@ def test_cached_tokens_of_overlapping_id_prefixes(sglang_url: str) -> None:
         assert cached(1100) == 1000
 
 
+@pytest.mark.gateway_differs("/get_server_info is the gateway's own")
 def test_server_info_reports_its_size_and_version_even_concurrently(http: httpx.Client) -> None:
     info = http.get("/get_server_info").json()
     assert isinstance(info["max_total_num_tokens"], int)

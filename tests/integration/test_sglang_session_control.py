@@ -52,6 +52,7 @@ def _generate(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+@pytest.mark.gateway_differs("routes no /open_session")
 def test_chunked_session_turns_answer_as_the_same_ids_sent_whole(http: httpx.Client) -> None:
     chunks = [_ids(http, text, i == 0) for i, text in enumerate(CHUNKS)]
     session = http.post("/open_session", json={"capacity_of_str_len": 1000}).json()
@@ -121,6 +122,7 @@ def test_chunked_session_turns_answer_as_the_same_ids_sent_whole(http: httpx.Cli
     assert closed.status_code == 400
 
 
+@pytest.mark.gateway_differs("routes no /open_session")
 @pytest.mark.anyio
 async def test_branching_server_sessions_answer_as_token_exact_sessions(sglang_url: str) -> None:
     root = "First, let me explain in one sentence about AI"

@@ -36,6 +36,14 @@ COMPOSE_FILE = REPO / "docker-compose.gpu.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 SERVICES = ("sglang", "redis", "sglang-cached")
+GATEWAY_SERVICES = (
+    "sglang-worker-0",
+    "sglang-worker-1",
+    "gateway",
+    "redis",
+    "sglang-cached-gateway",
+)
+ALL_SERVICES = tuple(dict.fromkeys(SERVICES + GATEWAY_SERVICES))
 PROXY_PORT = 30001
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 
@@ -177,19 +185,22 @@ def instructions(dockerfile: list[tuple[str, str]], keyword: str) -> list[str]:
 
 def test_top_level_name_services_and_profiles(compose: Compose) -> None:
     assert compose["name"] == "sglang-client"
-    assert set(compose["services"]) == set(SERVICES)
-    for name in SERVICES:
-        assert compose["services"][name]["profiles"] == ["gpu"], name
+    assert set(compose["services"]) == set(ALL_SERVICES)
+    for name in ALL_SERVICES:
+        expected = [
+            p for p, group in (("gpu", SERVICES), ("gateway", GATEWAY_SERVICES)) if name in group
+        ]
+        assert compose["services"][name]["profiles"] == expected, name
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", ALL_SERVICES)
 def test_every_service_has_a_healthcheck(compose: Compose, name: str) -> None:
     check = compose["services"][name]["healthcheck"]
     assert check["test"] and check["test"][0] in ("CMD", "CMD-SHELL")
     assert not check.get("disable", False)
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", ALL_SERVICES)
 def test_nothing_binds_beyond_loopback(compose: Compose, name: str) -> None:
     service = compose["services"][name]
     # network_mode: host would publish every container port on every host interface.
@@ -255,6 +266,55 @@ def test_proxy_service(compose: Compose) -> None:
     assert f"127.0.0.1:{PROXY_PORT}/health" in " ".join(proxy["healthcheck"]["test"])
 
 
+def test_gateway_profile_two_workers_one_gpu_each(compose: Compose) -> None:
+    services = compose["services"]
+    gpus = []
+    for name in ("sglang-worker-0", "sglang-worker-1"):
+        worker = services[name]
+        assert "ports" not in worker  # only the gateway reaches the workers
+        assert [str(a) for a in worker["command"]] == [
+            str(a) for a in services["sglang"]["command"]
+        ]
+        [device] = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert "count" not in device
+        gpus.extend(device["device_ids"])
+    assert sorted(gpus) == ["0", "1"]  # a GPU each, not both on one
+
+
+def test_gateway_service_routes_sticky_to_both_workers(compose: Compose) -> None:
+    gateway = compose["services"]["gateway"]
+    assert gateway["entrypoint"] == ["smg"]
+    assert gateway["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+    argv = [str(a) for a in gateway["command"]]
+    assert argv[0] == "launch"
+    start = argv.index("--worker-urls") + 1
+    assert argv[start : start + 2] == [
+        "http://sglang-worker-0:30000",
+        "http://sglang-worker-1:30000",
+    ]
+    assert flag_value(argv, "--policy") == "manual"
+    assert flag_value(argv, "--host") == "0.0.0.0" and flag_value(argv, "--port") == "30000"
+    assert gateway["ports"] == ["127.0.0.1:30000:30000"]
+    assert set(gateway["depends_on"]) == {"sglang-worker-0", "sglang-worker-1"}
+    proxy = compose["services"]["sglang-cached-gateway"]
+    proxy_argv = [str(a) for a in proxy["command"]]
+    assert flag_value(proxy_argv, "--sglang-url") == "http://gateway:30000"
+    assert flag_value(proxy_argv, "--store").startswith("redis://redis:6379")
+    assert proxy["image"] == gateway["image"]
+    from sglang_client.testing import find_smg
+
+    smg = find_smg()
+    if smg is None:
+        pytest.skip("smg is not installed: its flags are checked where it is")
+    result = subprocess.run(
+        [smg, "launch", "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in {a for a in argv if a.startswith("--")}:
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", result.stdout), flag
+
+
 # --------------------------------------------------------------------------- (b) Compose v2
 
 
@@ -287,8 +347,9 @@ def run_compose(
     )
 
 
-def test_compose_v2_accepts_the_file(compose_binary: str, tmp_path: Path) -> None:
-    result = run_compose(compose_binary, tmp_path, "--profile", "gpu", "config", "-q")
+@pytest.mark.parametrize("profile", ["gpu", "gateway"])
+def test_compose_v2_accepts_the_file(compose_binary: str, tmp_path: Path, profile: str) -> None:
+    result = run_compose(compose_binary, tmp_path, "--profile", profile, "config", "-q")
     assert result.returncode == 0, result.stderr
     # Any warning here (e.g. "variable is not set") means a ${VAR} lacks a default.
     assert result.stderr == ""
@@ -300,6 +361,9 @@ def test_no_service_starts_without_the_gpu_profile(compose_binary: str, tmp_path
     assert without.returncode == 0 and with_gpu.returncode == 0, without.stderr + with_gpu.stderr
     assert without.stdout.split() == []
     assert sorted(with_gpu.stdout.split()) == sorted(SERVICES)
+    gateway = run_compose(compose_binary, tmp_path, "--profile", "gateway", "config", "--services")
+    assert gateway.returncode == 0, gateway.stderr
+    assert sorted(gateway.stdout.split()) == sorted(GATEWAY_SERVICES)
 
 
 def resolved(binary: str, home: Path, **env: str) -> Compose:
@@ -382,8 +446,8 @@ def test_dockerfile_installs_the_package_from_the_repo(dockerfile: list[tuple[st
     assert needed <= copied, needed - copied
     pip_runs = [a for a in instructions(dockerfile, "RUN") if "pip install" in a]
     assert len(pip_runs) == 1
-    assert re.search(r"pip install .*'\.\[server,redis\]'", pip_runs[0]), pip_runs[0]
-    assert {"server", "redis"} <= set(pyproject["project"]["optional-dependencies"])
+    assert re.search(r"pip install .*'\.\[server,redis,gateway\]'", pip_runs[0]), pip_runs[0]
+    assert {"server", "redis", "gateway"} <= set(pyproject["project"]["optional-dependencies"])
 
 
 def test_dockerfile_runs_as_non_root_after_installing(dockerfile: list[tuple[str, str]]) -> None:
@@ -437,6 +501,7 @@ def test_compose_and_dockerfile_flags_exist_in_the_cli(
     result = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=REPO, check=False)
     assert result.returncode == 0, result.stderr
     used = [str(a) for a in compose["services"]["sglang-cached"]["command"]]
+    used += [str(a) for a in compose["services"]["sglang-cached-gateway"]["command"]]
     used += exec_form(instructions(dockerfile, "CMD")[0])
     for flag in {a for a in used if a.startswith("--")}:
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", result.stdout), (
