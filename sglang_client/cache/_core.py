@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sglang_client.cache._helpers import completions_needed, openai_cacheable, openai_kind, valid_n
-from sglang_client.cache._records import GenerateSplit, split_generate
 from sglang_client.cache._singleflight import KeyedLocks
-from sglang_client.cache.keys import TENANT_FIELD, cache_key, semantic_fields, tenant_of
+from sglang_client.cache.keys import tenant_of
+from sglang_client.cache.plan import RequestPlan, plan
 from sglang_client.cache.stats import CacheStats, CacheStatus, Counters
 from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
 
@@ -52,7 +51,7 @@ class EngineCore:
         self._counters = Counters()
         self._store_failing = False
         # Only a store other processes write to needs its own (cross-process) lock.
-        self._shared_store = bool(getattr(store, "is_shared", store.kind == "redis"))
+        self._shared_store = store.info.shared
 
     # ------------------------------------------------------------------ plumbing
 
@@ -128,50 +127,18 @@ class EngineCore:
         """The model identity in keys, once known (``namespace``, or fetched on first use)."""
         return self._model
 
-    @staticmethod
-    def _split(body: Mapping[str, Any], tenant: str | None) -> GenerateSplit | None:
-        """``split_generate``, with the tenant in every prompt's keyed (and stored) request."""
-        split = split_generate(body)
-        if split is not None and tenant is not None:
-            split.base[TENANT_FIELD] = tenant
-        return split
-
-    @staticmethod
-    def _openai_request(body: Mapping[str, Any], tenant: str | None) -> JSON:
-        """The keyed (and stored) request of a chat/completions body."""
-        request = semantic_fields(body)
-        if tenant is not None:
-            request[TENANT_FIELD] = tenant
-        return request
-
-    def generate_key(
-        self, body: Mapping[str, Any], tenant: str | None = None
-    ) -> tuple[str, int, int] | None:
-        """``(key, completions needed, n)`` of a single-prompt ``/generate`` body, else ``None``.
+    def keyed_plan(
+        self, path: str, body: Mapping[str, Any], tenant: str | None = None
+    ) -> tuple[RequestPlan, str] | None:
+        """The plan of a single-prompt request and its key, or ``None``.
 
         ``None`` too while the model identity is unknown. For layers (the proxy's memo of
-        encoded hits) that must find the same entry ``generate_json`` would use.
+        encoded hits) that must find the same entry the engine would use.
         """
-        split = self._split(body, tenant)
-        if self._model is None or split is None or not split.single:
+        planned = plan(path, body, tenant)
+        if self._model is None or planned is None or not planned.single:
             return None
-        need = completions_needed(split.samplings[0].get("temperature"), split.n)
-        return cache_key("generate", self._model, split.request(0)), need, split.n
-
-    def openai_key(
-        self, path: str, body: Mapping[str, Any], tenant: str | None = None
-    ) -> tuple[str, int, int] | None:
-        """``(key, completions needed, n)`` of a cacheable chat/completions body, else ``None``.
-
-        The same key ``openai_json`` uses; ``None`` too while the model identity is unknown.
-        """
-        kind, _ = openai_kind(path)
-        n = body.get("n", 1)
-        if self._model is None or not (openai_cacheable(kind, body) and valid_n(n)):
-            return None
-        need = completions_needed(body.get("temperature"), int(n))
-        request = self._openai_request(body, tenant)
-        return cache_key(kind, self._model, request), need, int(n)
+        return planned, planned.keys(self._model)[0]
 
     def record_hit(self, seconds: float, served: int) -> None:
         """Count a hit served by a layer above the engine (it reads the same entries)."""

@@ -25,28 +25,23 @@ from sglang_client.cache._helpers import (
     GreedyFanOut,
     OpenAIRecorder,
     StreamRecorder,
-    all_finished,
-    completions_needed,
     iterate,
-    openai_cacheable,
-    openai_finished,
-    openai_kind,
-    repeat,
-    valid_n,
     with_n,
     without_stream,
 )
-from sglang_client.cache._records import (
-    GenerateSplit,
+from sglang_client.cache.plan import GenerateSplit, openai_kind, plan
+from sglang_client.cache.records import (
+    all_finished,
     assemble_openai,
     chat_replayable,
+    openai_finished,
     openai_records,
+    repeat,
     replay_chat_chunks,
     replay_completion_chunks,
     replay_generate_chunk,
     with_cached_usage,
 )
-from sglang_client.cache.keys import cache_key
 from sglang_client.cache.stats import CacheStatus
 
 __all__ = ["CacheEngine", "CachedResult", "CachedStream"]
@@ -83,14 +78,13 @@ class CacheEngine(EngineCore):
             tenant: the cache namespace (``None``: the shared one); see ``tenant_of``.
         """
         started = time.perf_counter()
-        split = self._split(body, tenant) if (read or write) else None
-        if split is None:
+        planned = plan("/generate", body, tenant) if (read or write) else None
+        if planned is None or planned.split is None:
             result = await self.client.request_json("POST", "/generate", without_stream(body))
             self._record(CacheStatus.BYPASS, started, 0, 0)
             return CachedResult(result, CacheStatus.BYPASS)
-        model = await self._model_identity()
-        keys = [cache_key("generate", model, split.request(i)) for i in range(len(split.prompts))]
-        need = [completions_needed(s.get("temperature"), split.n) for s in split.samplings]
+        split, need = planned.split, planned.need
+        keys = planned.keys(await self._model_identity())
         cached = await self._read_all(keys, need) if read else [[] for _ in keys]
         if all(len(c) >= k for c, k in zip(cached, need, strict=True)):
             output = self._generate_output(split, cached)
@@ -165,13 +159,12 @@ class CacheEngine(EngineCore):
         Single-prompt streams are cached; batch streams pass through (``BYPASS``).
         """
         started = time.perf_counter()
-        split = self._split(body, tenant) if (read or write) else None
-        if split is None or not split.single:
+        planned = plan("/generate", body, tenant) if (read or write) else None
+        if planned is None or planned.split is None or not planned.single:
             events = self._passthrough(body, started)
             return CachedStream(CacheStatus.BYPASS, events)
-        model = await self._model_identity()
-        key = cache_key("generate", model, split.request(0))
-        need = completions_needed(split.samplings[0].get("temperature"), split.n)
+        split, need = planned.split, planned.need[0]
+        key = planned.keys(await self._model_identity())[0]
         have = (await self._read_all([key], [need]))[0] if read else []
         if len(have) >= need:
             replay = self._replay_generate(split, have)
@@ -249,17 +242,13 @@ class CacheEngine(EngineCore):
     ) -> CachedResult:
         """Serve a raw ``/v1/chat/completions`` or ``/v1/completions`` body (non-streaming)."""
         started = time.perf_counter()
-        kind, obj = openai_kind(path)
-        n = body.get("n", 1)
-        cacheable = (read or write) and openai_cacheable(kind, body) and valid_n(n)
-        if not cacheable:
+        planned = plan(path, body, tenant) if (read or write) else None
+        if planned is None:
             result = await self.client.request_json("POST", path, without_stream(body))
             self._record(CacheStatus.BYPASS, started, 0, 0)
             return CachedResult(result, CacheStatus.BYPASS)
-        model = await self._model_identity()
-        request = self._openai_request(body, tenant)
-        key = cache_key(kind, model, request)
-        need = completions_needed(body.get("temperature"), int(n))
+        n, need, obj, request = planned.n, planned.need[0], planned.obj, planned.requests[0]
+        key = planned.keys(await self._model_identity())[0]
         have = (await self._read_all([key], [need]))[0] if read else []
         if len(have) < need:
             async with AsyncExitStack() as stack:
@@ -271,7 +260,7 @@ class CacheEngine(EngineCore):
                     upstream = with_n(without_stream(body), k)
                     response = await self.client.request_json("POST", path, upstream)
                     fresh = openai_records(response)
-                    if not have and k == int(n):  # a plain miss: return SGLang's own body
+                    if not have and k == n:  # a plain miss: return SGLang's own body
                         if write and openai_finished(fresh):
                             await self._append(key, fresh, request)
                         self._record(CacheStatus.MISS, started, 0, k)
@@ -281,12 +270,12 @@ class CacheEngine(EngineCore):
                     from_cache = len(have)
                     records = have + fresh
                     status = CacheStatus.PARTIAL if from_cache else CacheStatus.MISS
-                    output = assemble_openai(repeat(records, int(n)), obj, body.get("model"))
+                    output = assemble_openai(repeat(records, n), obj, body.get("model"))
                     self._record(status, started, from_cache, k)
                     return CachedResult(output, status, from_cache=from_cache, generated=k)
-        output = assemble_openai(repeat(have, int(n)), obj, body.get("model"))
-        self._record(CacheStatus.HIT, started, int(n), 0)
-        return CachedResult(output, CacheStatus.HIT, from_cache=int(n))
+        output = assemble_openai(repeat(have, n), obj, body.get("model"))
+        self._record(CacheStatus.HIT, started, n, 0)
+        return CachedResult(output, CacheStatus.HIT, from_cache=n)
 
     async def openai_stream_json(
         self,
@@ -304,20 +293,17 @@ class CacheEngine(EngineCore):
         finished cleanly. Stored tool calls are not replayed as a stream (they pass through).
         """
         started = time.perf_counter()
-        kind, _ = openai_kind(path)
-        n = body.get("n", 1)
-        if not ((read or write) and openai_cacheable(kind, body) and valid_n(n)):
+        planned = plan(path, body, tenant) if (read or write) else None
+        if planned is None:
             return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
-        model = await self._model_identity()
-        request = self._openai_request(body, tenant)
-        key = cache_key(kind, model, request)
-        need = completions_needed(body.get("temperature"), int(n))
+        kind, n, need, request = planned.kind, planned.n, planned.need[0], planned.requests[0]
+        key = planned.keys(await self._model_identity())[0]
         have = (await self._read_all([key], [need]))[0] if read else []
         if kind == "chat" and not chat_replayable(have):
             return CachedStream(CacheStatus.BYPASS, self._openai_passthrough(path, body, started))
         if len(have) >= need:
-            events = self._replay_openai(path, body, repeat(have, int(n)), True)
-            self._record(CacheStatus.HIT, started, int(n), 0)
+            events = self._replay_openai(path, body, repeat(have, n), True)
+            self._record(CacheStatus.HIT, started, n, 0)
             return CachedStream(CacheStatus.HIT, iterate(events))
         status = CacheStatus.PARTIAL if have else CacheStatus.MISS
         recording = self._openai_top_up(path, body, key, request, need, read, write, started)

@@ -1,13 +1,13 @@
-"""Private helpers of CachedClient: body predicates and stream recorders."""
+"""What the cache engine keeps while serving: results, stream recorders, the greedy fan-out."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sglang_client.cache.keys import is_greedy
+from sglang_client.cache.records import all_finished
 from sglang_client.cache.stats import CacheStatus
 from sglang_client.errors import StreamError
 from sglang_client.streaming import DeltaTracker
@@ -18,14 +18,7 @@ __all__ = [
     "GreedyFanOut",
     "OpenAIRecorder",
     "StreamRecorder",
-    "all_finished",
-    "completions_needed",
     "iterate",
-    "openai_cacheable",
-    "openai_finished",
-    "openai_kind",
-    "repeat",
-    "valid_n",
     "with_n",
     "without_stream",
 ]
@@ -70,51 +63,6 @@ def with_n(body: Mapping[str, Any], k: int) -> JSON:
     if k != 1:
         out["n"] = k
     return out
-
-
-def completions_needed(temperature: object, n: int) -> int:
-    """How many stored completions serve a request for ``n``: one for greedy decoding."""
-    return 1 if is_greedy(temperature) else n
-
-
-def valid_n(n: object) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
-
-
-def openai_kind(path: str) -> tuple[str, str]:
-    if path.endswith("/chat/completions"):
-        return "chat", "chat.completion"
-    return "completion", "text_completion"
-
-
-def openai_cacheable(kind: str, body: Mapping[str, Any]) -> bool:
-    if body.get("session_params") or body.get("echo"):
-        return False
-    if kind == "chat":
-        return isinstance(body.get("messages"), list) and bool(body["messages"])
-    prompt = body.get("prompt")
-    return isinstance(prompt, str) or (
-        isinstance(prompt, list) and bool(prompt) and all(isinstance(p, int) for p in prompt)
-    )
-
-
-def all_finished(outputs: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether every output finished normally (aborted generations are never stored)."""
-    for output in outputs:
-        finish = (output.get("meta_info") or {}).get("finish_reason")
-        if not isinstance(finish, Mapping) or finish.get("type") not in ("stop", "length"):
-            return False
-    return True
-
-
-def openai_finished(records: Sequence[Mapping[str, Any]]) -> bool:
-    return bool(records) and all(
-        r["choice"].get("finish_reason") in ("stop", "length", "tool_calls") for r in records
-    )
-
-
-def repeat(records: list[JSON], n: int) -> list[JSON]:
-    return records[:n] if len(records) >= n else (records * n)[:n]
 
 
 async def iterate(events: list[JSON]) -> AsyncIterator[JSON]:

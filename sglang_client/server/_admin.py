@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from sglang_client.cache.keys import TENANT_FIELD
-from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
+from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError, StoreInfo
 from sglang_client.errors import SGLangError
 from sglang_client.server._asgi import Scope, Send, error_body, send_bytes, send_json
 
@@ -26,13 +26,8 @@ _MAX_OFFSET = 1 << 62  # SQLite takes 64-bit offsets; larger ones are a client's
 _MAX_SCAN = 20 * _MAX_PAGE  # entries one filtered /cache/info call may read
 
 
-def _store_limits(store: Any) -> dict[str, Any]:
-    ttl_ms = getattr(store, "_ttl_ms", None)  # RedisStore keeps its TTL in milliseconds
-    return {
-        "max_entries": getattr(store, "_max_entries", None),
-        "max_bytes": getattr(store, "_max_bytes", None),
-        "ttl": getattr(store, "_ttl", None) or (ttl_ms / 1000 if ttl_ms else None),
-    }
+def _store_limits(info: StoreInfo) -> dict[str, Any]:
+    return {"max_entries": info.max_entries, "max_bytes": info.max_bytes, "ttl": info.ttl}
 
 
 def _file_size(path: object) -> int | None:
@@ -96,14 +91,14 @@ class AdminRoutes:
             message = f"The cache store failed: {exc}"
             await send_json(send, 503, error_body(503, message, "Service Unavailable"))
             return 503
-        path = getattr(store, "path", None)
+        described = store.info
         info = {
-            "store": store.kind,
-            "location": store.location,
-            "limits": _store_limits(store),
+            "store": described.kind,
+            "location": described.location,
+            "limits": _store_limits(described),
             "num_keys": counts.num_keys,
             "total_responses": counts.total_responses,
-            "size_bytes": _file_size(path),
+            "size_bytes": _file_size(described.path),
             "oldest_entry": first[0].created_at if first else None,
             "newest_entry": last[0].created_at if last else None,
             "pending_writes": store.pending_writes,

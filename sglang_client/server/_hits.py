@@ -22,8 +22,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sglang_client.cache._helpers import openai_kind, repeat
-from sglang_client.cache._records import assemble_openai
+from sglang_client.cache.records import assemble_openai, repeat
 from sglang_client.cache.stores.base import StoreError
 from sglang_client.server._asgi import JSON_TYPE, dumps, with_length
 
@@ -90,8 +89,7 @@ class HitMemo:
         self.max_body = max_body
         self._items: OrderedDict[bytes, MemoHit] = OrderedDict()
         self._bytes = 0
-        # Cheaper than get(): decodes nothing. Stores without it fall back to get(limit=0).
-        self._probe = getattr(cached.store, "created_at", None)
+        self._probe = cached.store.created_at  # cheaper than get(): decodes nothing
 
     def __len__(self) -> int:
         return len(self._items)
@@ -106,13 +104,8 @@ class HitMemo:
         hit = self._items.get(raw)
         if hit is None:
             return None
-        probe = self._probe
         try:
-            if probe is not None:
-                created = await probe(hit.key)
-            else:
-                entry = await self.cached.store.get(hit.key, limit=0)
-                created = None if entry is None else entry.created_at
+            created = await self._probe(hit.key)
         except StoreError:
             created = None  # the full path reports the failure and degrades to a miss
         if created is None or created != hit.created_at:
@@ -141,13 +134,11 @@ class HitMemo:
             return
         generate = path == "/generate"
         # None until the model identity is known, or for a request the cache does not take.
-        cached = self.cached
-        found = (
-            cached.generate_key(body, tenant) if generate else cached.openai_key(path, body, tenant)
-        )
+        found = self.cached.keyed_plan(path, body, tenant)
         if found is None:
             return
-        key, need, n = found
+        planned, key = found
+        need, n = planned.need[0], planned.n
         try:
             entry = await self.cached.store.get(key, limit=need)
         except StoreError:
@@ -160,7 +151,7 @@ class HitMemo:
                 return  # not what the full path answers: never serve it
             hit = MemoHit(key, entry.created_at, response, n)
         else:
-            rebuilt = assemble_openai(samples, openai_kind(path)[1], body.get("model"))
+            rebuilt = assemble_openai(samples, planned.obj, body.get("model"))
             template = _template(answer, rebuilt)
             if template is None:
                 return

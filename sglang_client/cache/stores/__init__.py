@@ -13,7 +13,9 @@ from sglang_client.cache.stores.base import (
     JSONObject,
     LockTimeoutError,
     StoreCounts,
+    StoreDefaults,
     StoreError,
+    StoreInfo,
 )
 from sglang_client.cache.stores.memory import MemoryStore
 from sglang_client.cache.stores.redis import RedisStore
@@ -28,5 +30,7 @@ __all__ = [
     "RedisStore",
     "SQLiteStore",
     "StoreCounts",
+    "StoreDefaults",
     "StoreError",
+    "StoreInfo",
 ]

@@ -25,7 +25,9 @@ __all__ = [
     "JSONObject",
     "LockTimeoutError",
     "StoreCounts",
+    "StoreDefaults",
     "StoreError",
+    "StoreInfo",
     "dump_json",
 ]
 
@@ -73,6 +75,30 @@ class StoreCounts(NamedTuple):
     total_responses: int
 
 
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a store is and can do, for the layers above it (locking, ``/cache/info``).
+
+    Attributes:
+        kind: ``"memory"``, ``"sqlite"``, ``"redis"``, or a new store's own name.
+        location: where it keeps entries, safe to show (no password).
+        shared: other processes write to it too, so coalescing needs its cross-process
+            ``lock`` (an in-process store is serialised by the cache's own locks).
+        path: a file on this machine holding it (its size is reported), if any.
+        max_entries: the entry bound it evicts at, if any.
+        max_bytes: the byte bound it evicts at, if any.
+        ttl: seconds an entry lives after its last write, if bounded.
+    """
+
+    kind: str
+    location: str
+    shared: bool = False
+    path: str | None = None
+    max_entries: int | None = None
+    max_bytes: int | None = None
+    ttl: float | None = None
+
+
 @runtime_checkable
 class CacheStore(Protocol):
     """An async key -> entry store with atomic append; see the module docstring.
@@ -86,6 +112,18 @@ class CacheStore(Protocol):
     """``"memory"``, ``"sqlite"`` or ``"redis"``."""
     location: str
     """``":memory:"``, the database path, or the Redis URL with its password masked."""
+
+    @property
+    def info(self) -> StoreInfo:
+        """What the store is and can do (``StoreDefaults`` gives kind and location only)."""
+        ...
+
+    async def created_at(self, key: str) -> float | None:
+        """When ``key``'s entry was created (``None``: absent), reading as little as possible.
+
+        Entries only grow, so the same ``created_at`` means the same first completions.
+        """
+        ...
 
     async def get(self, key: str, *, limit: int | None = None) -> CacheEntry | None:
         """Return the entry for ``key`` (at most ``limit`` completions), or ``None``."""
@@ -154,6 +192,24 @@ class CacheStore(Protocol):
     async def aclose(self) -> None:
         """Flush and release resources; later calls raise ``StoreError``."""
         ...
+
+
+class StoreDefaults:
+    """What a store may inherit instead of writing: ``info`` from its ``kind`` and
+    ``location`` (not shared, no bounds), and ``created_at`` through ``get(limit=0)``."""
+
+    kind: str
+    location: str
+
+    @property
+    def info(self) -> StoreInfo:
+        """Kind and location; not shared, no bounds."""
+        return StoreInfo(self.kind, self.location)
+
+    async def created_at(self, key: str) -> float | None:
+        """When ``key``'s entry was created, via ``get`` with no completions decoded."""
+        entry = await self.get(key, limit=0)  # type: ignore[attr-defined]
+        return None if entry is None else float(entry.created_at)
 
 
 def dump_json(value: object, what: str) -> str:

@@ -17,7 +17,13 @@ from sglang_client.cache.stores._common import (
     load_completions,
     load_request,
 )
-from sglang_client.cache.stores.base import CacheEntry, StoreCounts, StoreError, dump_json
+from sglang_client.cache.stores.base import (
+    CacheEntry,
+    StoreCounts,
+    StoreError,
+    StoreInfo,
+    dump_json,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -81,6 +87,13 @@ class MemoryStore:
         self._order = 0
         self._closed = False
         self._locks = LocalKeyLock()
+
+    @property
+    def info(self) -> StoreInfo:
+        """In this process only; bounded by ``max_entries``, ``max_bytes`` and ``ttl``."""
+        return StoreInfo(
+            self.kind, self.location, False, None, self._max_entries, self._max_bytes, self._ttl
+        )
 
     def __repr__(self) -> str:
         return f"MemoryStore(entries={len(self._entries)}, bytes={self._bytes})"

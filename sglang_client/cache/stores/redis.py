@@ -36,6 +36,7 @@ from sglang_client.cache.stores.base import (
     LockTimeoutError,
     StoreCounts,
     StoreError,
+    StoreInfo,
     dump_json,
 )
 
@@ -111,6 +112,18 @@ class RedisStore:
         self._release_script = self._redis.register_script(RELEASE_LUA)
         self._match = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "e:*"
         self._closed = False
+
+    @property
+    def info(self) -> StoreInfo:
+        """Shared with every process using the same prefix; bounded by ``ttl`` (and the
+        server's own ``maxmemory`` policy, which this store cannot see)."""
+        ttl = self._ttl_ms / 1000 if self._ttl_ms else None
+        return StoreInfo(self.kind, self.location, shared=True, ttl=ttl)
+
+    async def created_at(self, key: str) -> float | None:
+        """When ``key``'s entry was created (one ``get`` with no completions decoded)."""
+        entry = await self.get(key, limit=0)
+        return None if entry is None else entry.created_at
 
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r}, prefix={self.prefix!r})"

@@ -32,7 +32,13 @@ from sglang_client.cache.stores._sqlite_schema import (
 )
 from sglang_client.cache.stores._sqlite_view import FileView, Record
 from sglang_client.cache.stores._sqlite_writer import Clear, Delete, Flush, Put, SQLiteWriter
-from sglang_client.cache.stores.base import CacheEntry, StoreCounts, StoreError, dump_json
+from sglang_client.cache.stores.base import (
+    CacheEntry,
+    StoreCounts,
+    StoreError,
+    StoreInfo,
+    dump_json,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -131,6 +137,12 @@ class SQLiteStore:
         self._closed = False
         self._open_lock = anyio.Lock()
         self._locks = LocalKeyLock()
+
+    @property
+    def info(self) -> StoreInfo:
+        """One file on this machine; bounded by ``max_entries`` and ``ttl``."""
+        path = str(self.path)
+        return StoreInfo(self.kind, self.location, False, path, self._max_entries, None, self._ttl)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.location!r})"

@@ -1,4 +1,4 @@
-"""Pure helpers: split requests per prompt, turn responses into stored completions and back.
+"""Stored completions: made from SGLang's responses, and the responses and streams made from them.
 
 A stored completion is one sample as SGLang returned it:
 - ``/generate``: the response object (``text``, ``output_ids``, ``meta_info``).
@@ -13,113 +13,43 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sglang_client.cache.keys import semantic_fields
-
 __all__ = [
-    "GenerateSplit",
+    "all_finished",
     "assemble_openai",
-    "openai_records",
     "chat_replayable",
+    "openai_finished",
+    "openai_records",
+    "repeat",
     "replay_chat_chunks",
     "replay_completion_chunks",
     "replay_generate_chunk",
-    "split_generate",
     "with_cached_usage",
 ]
 
 JSON = dict[str, Any]
 
-# Per-prompt list-valued fields of /generate we cannot split safely; such batches bypass.
-_INPUT_FIELDS = ("text", "input_ids")
+
+def repeat(records: list[JSON], n: int) -> list[JSON]:
+    """``n`` completions from the stored ones: the first ``n``, or (greedy) one repeated."""
+    return records[:n] if len(records) >= n else (records * n)[:n]
 
 
-@dataclass
-class GenerateSplit:
-    """A ``/generate`` body split per prompt."""
-
-    field: str
-    prompts: list[Any]
-    single: bool
-    samplings: list[JSON]
-    sampling_is_list: bool
-    n: int
-    base: JSON
-
-    def request(self, i: int) -> JSON:
-        """The semantic request of prompt ``i`` (what its key hashes, and what is stored)."""
-        return {**self.base, self.field: self.prompts[i], "sampling_params": self.samplings[i]}
-
-    def upstream_body(self, body: Mapping[str, Any], indices: Sequence[int], k: int) -> JSON:
-        """A body asking upstream for ``k`` samples of each prompt in ``indices``."""
-        out = {key: value for key, value in body.items() if key not in ("stream", "rid")}
-        samplings = [{**self.samplings[i], "n": k} for i in indices]
-        if k == 1:
-            for s in samplings:
-                s.pop("n")
-        if self.single:
-            out[self.field] = self.prompts[indices[0]]
-            out["sampling_params"] = samplings[0]
-            if "rid" in body and k == 1:
-                out["rid"] = body["rid"]
-        else:
-            out[self.field] = [self.prompts[i] for i in indices]
-            out["sampling_params"] = samplings if self.sampling_is_list else samplings[0]
-        return out
+def all_finished(outputs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every output finished normally (aborted generations are never stored)."""
+    for output in outputs:
+        finish = (output.get("meta_info") or {}).get("finish_reason")
+        if not isinstance(finish, Mapping) or finish.get("type") not in ("stop", "length"):
+            return False
+    return True
 
 
-def split_generate(body: Mapping[str, Any]) -> GenerateSplit | None:
-    """Split a ``/generate`` body per prompt, or ``None`` when it must bypass the cache.
-
-    Bypassed: session requests (their output depends on server-side history), embeddings, bodies
-    with both or neither of ``text``/``input_ids``, and batches with other per-prompt lists.
-    """
-    if body.get("session_params") or body.get("input_embeds") is not None:
-        return None
-    present = [f for f in _INPUT_FIELDS if body.get(f) is not None]
-    if len(present) != 1:
-        return None
-    field = present[0]
-    value = body[field]
-    prompts: list[Any]
-    if field == "text":
-        if isinstance(value, str):
-            single, prompts = True, [value]
-        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            single, prompts = False, list(value)
-        else:
-            return None
-    else:
-        if not isinstance(value, list) or not value:
-            return None
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            single, prompts = True, [value]
-        elif all(isinstance(v, list) and v for v in value):
-            single, prompts = False, list(value)
-        else:
-            return None
-    sampling = body.get("sampling_params") or {}
-    if isinstance(sampling, Mapping):
-        samplings, is_list = [dict(sampling) for _ in prompts], False
-    elif isinstance(sampling, list) and len(sampling) == len(prompts):
-        if not all(isinstance(s, Mapping) for s in sampling):
-            return None
-        samplings, is_list = [dict(s) for s in sampling], True
-    else:
-        return None
-    ns = {s.get("n", 1) for s in samplings}
-    n = ns.pop() if len(ns) == 1 else None
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        return None
-    base = semantic_fields(body, drop=frozenset({*_INPUT_FIELDS, "sampling_params"}))
-    if not single and any(isinstance(v, list) for v in base.values()):
-        return None
-    for s in samplings:
-        s.pop("n", None)
-        s.pop("stream_interval", None)
-    return GenerateSplit(field, prompts, single, samplings, is_list, n, base)
+def openai_finished(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every stored chat/completions choice finished normally."""
+    return bool(records) and all(
+        r["choice"].get("finish_reason") in ("stop", "length", "tool_calls") for r in records
+    )
 
 
 def replay_generate_chunk(completion: Mapping[str, Any], index: int | None) -> JSON:
