@@ -1,4 +1,4 @@
-"""sglang_client: a fast, typed async SDK for SGLang servers.
+"""sglang_client: a fast, typed async SDK for SGLang servers (layers: docs/architecture.md).
 
 Example:
     ```python

@@ -17,7 +17,7 @@ SGLangError
 └── TokenizerUnavailable        a token-exact session cannot tokenize (no /tokenize, no tokenizer)
 ```
 
-``error_from_response`` turns any of SGLang's error bodies (sglang-protocol.md section 4) into
+``error_from_response`` turns any of SGLang's error bodies (docs/sglang-protocol.md §4) into
 the right class, with the server's own message as ``str(exc)``.
 """
 

@@ -1,4 +1,6 @@
-"""The response cache: ``CachedClient`` and its stores.
+"""The response cache: ``CachedClient``, the engine behind it and its stores.
+
+docs/architecture.md lays out the modules by idea and one request's flow (the plan).
 
 Example:
     ```python

@@ -1,16 +1,22 @@
 """``CachedClient``: SGLangClient's methods with an n-aware response cache in front.
 
-See "Cache semantics" in DESIGN.md and ``sglang_client.cache._engine`` for how requests are
-served; this module is the typed surface (the same methods as ``SGLangClient``).
+A ``CachedClient`` holds a ``CacheEngine`` (``engine.py``), which serves SGLang's raw bodies;
+this module is the typed surface: ``SGLangClient``'s methods with the same signatures (plus
+``cache=``), a test holding the two together. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sglang_client._bodies import generate_body
-from sglang_client.cache._engine import CachedResult, CachedStream, CacheEngine
+from sglang_client._bodies import generate_body, prompt_value
+from sglang_client._defaults import NOT_GIVEN, NotGiven
+from sglang_client.cache.engine import CacheEngine
+from sglang_client.cache.results import CachedResult, CachedStream
+from sglang_client.cache.stats import CacheStats, Counters
+from sglang_client.cache.stores.base import CacheStore
 from sglang_client.streaming import DeltaTracker, raise_for_event
 from sglang_client.types import (
     GENERATE_MANY,
@@ -28,12 +34,17 @@ from sglang_client.types import (
     StreamChunk,
 )
 
+if TYPE_CHECKING:
+    from sglang_client._http import TimeoutTypes
+    from sglang_client.client import SGLangClient
+
 __all__ = ["CachedClient", "CachedResult", "CachedStream"]
 
 T = TypeVar("T")
+Messages = Sequence[Mapping[str, Any]]
 
 
-class CachedClient(CacheEngine):
+class CachedClient:
     """An ``SGLangClient`` (or anything with its methods) behind an n-aware response cache.
 
     Example:
@@ -59,7 +70,131 @@ class CachedClient(CacheEngine):
             does per caller.
     """
 
-    # ------------------------------------------------------------------ typed surface
+    def __init__(
+        self,
+        client: SGLangClient,
+        store: CacheStore | None = None,
+        *,
+        namespace: str | None = None,
+        isolate_by_key: bool = False,
+    ) -> None:
+        self.engine = CacheEngine(client, store, namespace=namespace, isolate_by_key=isolate_by_key)
+
+    # ------------------------------------------------------------------ the cache itself
+
+    @property
+    def client(self) -> SGLangClient:
+        """The upstream client (the caller's to close)."""
+        return self.engine.client
+
+    @property
+    def store(self) -> CacheStore:
+        """Where completions live."""
+        return self.engine.store
+
+    @property
+    def tenant(self) -> str | None:
+        """The cache namespace of this client's own calls (``isolate_by_key``), else ``None``."""
+        return self.engine.tenant
+
+    @property
+    def counters(self) -> Counters:
+        """The live request counters (``stats()`` adds the store's size, which may be slow)."""
+        return self.engine.counters
+
+    @property
+    def store_failing(self) -> bool:
+        """Whether the store is failing now (from its first error to a write that worked)."""
+        return self.engine.store_failing
+
+    async def stats(self) -> CacheStats:
+        """A snapshot of the store's size and this client's counters."""
+        return await self.engine.stats()
+
+    async def clear(self) -> int:
+        """Delete every cached entry; returns how many there were."""
+        return await self.engine.clear()
+
+    async def aclose(self) -> None:
+        """Flush and close the store (the upstream client is the caller's to close)."""
+        await self.engine.aclose()
+
+    async def __aenter__(self) -> CachedClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ raw bodies
+
+    async def generate_json(
+        self,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedResult:
+        """A raw ``/generate`` body (non-streaming) through the cache, answered raw.
+
+        ``read``/``write``: use and fill the cache (``Cache-Control: no-cache``/``no-store``);
+        ``tenant``: the cache namespace (``None``: the shared one).
+        """
+        return await self.engine.generate_json(
+            body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
+
+    async def generate_stream_json(
+        self,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedStream:
+        """A raw streaming ``/generate`` body: replayed, passed through and recorded, or both."""
+        return await self.engine.generate_stream_json(
+            body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
+
+    async def openai_json(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedResult:
+        """A raw ``/v1/chat/completions`` or ``/v1/completions`` body (non-streaming)."""
+        return await self.engine.openai_json(
+            path, body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
+
+    async def openai_stream_json(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedStream:
+        """A raw streaming chat or completions body through the cache."""
+        return await self.engine.openai_stream_json(
+            path, body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
+
+    # ------------------------------------------------------------------ SGLangClient's methods
 
     async def generate(
         self,
@@ -68,12 +203,15 @@ class CachedClient(CacheEngine):
         input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
         sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         rid: str | Sequence[str] | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         cache: bool = True,
         **extra: object,
     ) -> GenerateResponse | list[GenerateResponse]:
         """``SGLangClient.generate`` through the cache (``cache=False`` bypasses it)."""
         body = generate_body(text, input_ids, sampling_params, rid, extra)
-        result = await self.generate_json(body, read=cache, write=cache, tenant=self.tenant)
+        result = await self.engine.generate_json(
+            body, read=cache, write=cache, tenant=self.tenant, timeout=timeout
+        )
         if isinstance(result.body, list):
             return GENERATE_MANY.validate_python(result.body)
         return GENERATE_ONE.validate_python(result.body)
@@ -85,80 +223,91 @@ class CachedClient(CacheEngine):
         input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
         sampling_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         rid: str | Sequence[str] | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         cache: bool = True,
         **extra: object,
     ) -> AsyncIterator[StreamChunk]:
         """``SGLangClient.generate_stream`` through the cache, as ``StreamChunk`` objects."""
         body = generate_body(text, input_ids, sampling_params, rid, extra)
-        stream = await self.generate_stream_json(
-            {**body, "stream": True}, read=cache, write=cache, tenant=self.tenant
+        stream = await self.engine.generate_stream_json(
+            {**body, "stream": True}, read=cache, write=cache, tenant=self.tenant, timeout=timeout
         )
         async for chunk in _typed(stream, DeltaTracker().update):
             yield chunk
 
     async def chat_completion(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Messages,
         *,
         model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         cache: bool = True,
         **params: object,
     ) -> ChatCompletion:
         """``SGLangClient.chat_completion`` through the cache."""
         body = {**params, "messages": list(messages), "model": model}
-        path = "/v1/chat/completions"
-        result = await self.openai_json(path, body, read=cache, write=cache, tenant=self.tenant)
+        result = await self._openai("/v1/chat/completions", body, cache, timeout)
         return ChatCompletion.model_validate(result.body)
 
     async def chat_completion_stream(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Messages,
         *,
         model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         cache: bool = True,
         **params: object,
     ) -> AsyncIterator[ChatCompletionChunk]:
         """``SGLangClient.chat_completion_stream`` through the cache."""
         body = {**params, "messages": list(messages), "model": model, "stream": True}
-        path = "/v1/chat/completions"
-        stream = await self.openai_stream_json(
-            path, body, read=cache, write=cache, tenant=self.tenant
-        )
+        stream = await self._openai_stream("/v1/chat/completions", body, cache, timeout)
         async for chunk in _typed(stream, ChatCompletionChunk.model_validate):
             yield chunk
 
     async def completion(
         self,
-        prompt: str | Sequence[int],
+        prompt: str | Sequence[str] | Sequence[int],
         *,
         model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         cache: bool = True,
         **params: object,
     ) -> Completion:
-        """``SGLangClient.completion`` through the cache."""
-        body = {**params, "prompt": prompt if isinstance(prompt, str) else list(prompt)}
-        body["model"] = model
-        path = "/v1/completions"
-        result = await self.openai_json(path, body, read=cache, write=cache, tenant=self.tenant)
+        """``SGLangClient.completion`` through the cache (a list of prompts passes through)."""
+        body = {**params, "prompt": prompt_value(prompt), "model": model}
+        result = await self._openai("/v1/completions", body, cache, timeout)
         return Completion.model_validate(result.body)
 
     async def completion_stream(
         self,
-        prompt: str | Sequence[int],
+        prompt: str | Sequence[str] | Sequence[int],
         *,
         model: str = "default",
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         cache: bool = True,
         **params: object,
     ) -> AsyncIterator[CompletionChunk]:
         """``SGLangClient.completion_stream`` through the cache."""
-        body = {**params, "prompt": prompt if isinstance(prompt, str) else list(prompt)}
-        body.update(model=model, stream=True)
-        path = "/v1/completions"
-        stream = await self.openai_stream_json(
-            path, body, read=cache, write=cache, tenant=self.tenant
-        )
+        body = {**params, "prompt": prompt_value(prompt), "model": model, "stream": True}
+        stream = await self._openai_stream("/v1/completions", body, cache, timeout)
         async for chunk in _typed(stream, CompletionChunk.model_validate):
             yield chunk
+
+    async def _openai(
+        self, path: str, body: dict[str, Any], cache: bool, timeout: TimeoutTypes | NotGiven
+    ) -> CachedResult:
+        return await self.engine.openai_json(
+            path, body, read=cache, write=cache, tenant=self.tenant, timeout=timeout
+        )
+
+    async def _openai_stream(
+        self, path: str, body: dict[str, Any], cache: bool, timeout: TimeoutTypes | NotGiven
+    ) -> CachedStream:
+        return await self.engine.openai_stream_json(
+            path, body, read=cache, write=cache, tenant=self.tenant, timeout=timeout
+        )
+
+    # ------------------------------------------------------------------ passed through, uncached
 
     async def health(self, *, timeout: float = 5.0, detailed: bool = False) -> HealthStatus:
         """The upstream's health (never raises)."""
@@ -174,42 +323,73 @@ class CachedClient(CacheEngine):
         """Wait for the upstream to be ready."""
         await self.client.wait_for_ready(timeout, interval=interval, max_queue=max_queue)
 
-    async def get_model_info(self) -> ModelInfo:
+    async def get_model_info(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ModelInfo:
         """The upstream's ``/model_info``."""
-        return await self.client.get_model_info()
+        return await self.client.get_model_info(timeout=timeout)
 
-    async def get_server_info(self) -> ServerInfo:
+    async def get_server_info(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ServerInfo:
         """The upstream's ``/server_info``."""
-        return await self.client.get_server_info()
+        return await self.client.get_server_info(timeout=timeout)
 
-    async def workers(self) -> list[GatewayWorker]:
-        """``SGLangClient.workers`` (the gateway's worker list; never cached)."""
-        return await self.client.workers()
+    async def workers(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> list[GatewayWorker]:
+        """``SGLangClient.workers`` (the gateway's worker list)."""
+        return await self.client.workers(timeout=timeout)
 
-    async def flush_cache(self) -> str:
+    async def flush_cache(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> str:
         """Flush the upstream's prefix cache (not this response cache: see ``clear``)."""
-        return await self.client.flush_cache()
+        return await self.client.flush_cache(timeout=timeout)
 
-    async def open_session(self, capacity_of_str_len: int = 65536) -> str:
+    async def abort_request(
+        self,
+        rid: str = "",
+        *,
+        abort_all: bool = False,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> None:
+        """Abort upstream requests (see ``SGLangClient.abort_request``)."""
+        await self.client.abort_request(rid, abort_all=abort_all, timeout=timeout)
+
+    async def open_session(
+        self,
+        capacity_of_str_len: int = 65536,
+        *,
+        session_id: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> str:
         """Open an upstream session (session requests bypass the cache)."""
-        return await self.client.open_session(capacity_of_str_len)
+        return await self.client.open_session(
+            capacity_of_str_len, session_id=session_id, timeout=timeout
+        )
 
-    async def close_session(self, session_id: str) -> None:
+    async def close_session(
+        self, session_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> None:
         """Close an upstream session."""
-        await self.client.close_session(session_id)
+        await self.client.close_session(session_id, timeout=timeout)
 
-    async def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    async def tokenize(
+        self,
+        text: str,
+        *,
+        add_special_tokens: bool = True,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> list[int]:
         """The upstream's token ids for ``text`` (see ``SGLangClient.tokenize``; uncached)."""
-        return await self.client.tokenize(text, add_special_tokens=add_special_tokens)
+        return await self.client.tokenize(
+            text, add_special_tokens=add_special_tokens, timeout=timeout
+        )
 
     async def detokenize(
-        self, token_ids: Sequence[int], *, skip_special_tokens: bool = True
+        self,
+        token_ids: Sequence[int],
+        *,
+        skip_special_tokens: bool = True,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> str:
         """The upstream's text for ``token_ids`` (see ``SGLangClient.detokenize``)."""
-        return await self.client.detokenize(token_ids, skip_special_tokens=skip_special_tokens)
-
-    async def __aenter__(self) -> CachedClient:
-        return self
+        return await self.client.detokenize(
+            token_ids, skip_special_tokens=skip_special_tokens, timeout=timeout
+        )
 
 
 async def _typed(stream: CachedStream, convert: Callable[[Any], T]) -> AsyncIterator[T]:

@@ -6,7 +6,8 @@ find the same entry. A plan is ``None`` when the request bypasses the cache (ses
 ``echo``, embeddings, malformed ``n``, batches whose per-prompt fields cannot be split).
 
 Which fields stay out of a key is in ``keys.py`` (``NON_SEMANTIC_FIELDS`` at the top level,
-``NON_SEMANTIC_SAMPLING_FIELDS`` inside ``sampling_params``), for every route alike.
+``NON_SEMANTIC_SAMPLING_FIELDS`` inside ``sampling_params``), for every route alike. See
+docs/architecture.md ("One request").
 """
 
 from __future__ import annotations
@@ -26,12 +27,27 @@ __all__ = [
     "plan",
     "split_generate",
     "valid_n",
+    "with_n",
+    "without_stream",
 ]
 
 JSON = dict[str, Any]
 
 # Per-prompt list-valued fields of /generate we cannot split safely; such batches bypass.
 _INPUT_FIELDS = ("text", "input_ids")
+
+
+def without_stream(body: Mapping[str, Any]) -> JSON:
+    """``body`` without ``stream`` (a whole response is asked upstream)."""
+    return {k: v for k, v in body.items() if k != "stream"}
+
+
+def with_n(body: Mapping[str, Any], k: int) -> JSON:
+    """``body`` asking the upstream for ``k`` choices (no ``n`` at all for one)."""
+    out = {key: value for key, value in body.items() if key != "n"}
+    if k != 1:
+        out["n"] = k
+    return out
 
 
 def completions_needed(temperature: object, n: int) -> int:

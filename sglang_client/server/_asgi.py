@@ -21,6 +21,7 @@ __all__ = [
     "dumps",
     "error_body",
     "read_body",
+    "read_or_refuse",
     "replay",
     "send_bytes",
     "send_json",
@@ -119,6 +120,23 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def read_or_refuse(
+    headers: RequestHeaders, receive: Receive, send: Send, limit: int
+) -> bytes | int:
+    """The whole request body, or the status the request ended with instead: 413, answered
+    here (larger than ``limit``, as declared or as sent), or 499 (the client left first)."""
+    try:
+        if headers.content_length is not None and headers.content_length > limit:
+            raise BodyTooLarge(headers.content_length)
+        return await read_body(receive, limit)
+    except BodyTooLarge:
+        message = f"The request body is larger than the proxy's limit of {limit} bytes."
+        await send_json(send, 413, error_body(413, message, "Request Entity Too Large"))
+        return 413
+    except ClientGone:
+        return 499
 
 
 def error_body(status: int, message: str, kind: str | None = None) -> dict[str, Any]:

@@ -134,7 +134,7 @@ class HitMemo:
             return
         generate = path == "/generate"
         # None until the model identity is known, or for a request the cache does not take.
-        found = self.cached.keyed_plan(path, body, tenant)
+        found = self.cached.engine.keyed_plan(path, body, tenant)
         if found is None:
             return
         planned, key = found

@@ -11,15 +11,11 @@ import anyio
 from sglang_client._http import map_transport_errors
 from sglang_client.errors import SGLangError
 from sglang_client.server._asgi import (
-    BodyTooLarge,
-    ClientGone,
     Receive,
     RequestHeaders,
     Scope,
     Send,
-    error_body,
-    read_body,
-    send_json,
+    read_or_refuse,
 )
 from sglang_client.server._respond import upstream_failed, watch_disconnect
 
@@ -103,19 +99,9 @@ class Passthrough:
         """
         from yarl import URL
 
-        declared = RequestHeaders(scope).content_length
-        try:
-            if declared is not None and declared > self._max_body:
-                raise BodyTooLarge(declared)
-            body = await read_body(receive, self._max_body)
-        except BodyTooLarge:
-            message = (
-                f"The request body is larger than the proxy's limit of {self._max_body} bytes."
-            )
-            await send_json(send, 413, error_body(413, message, "Request Entity Too Large"))
-            return 413
-        except ClientGone:
-            return 499
+        body = await read_or_refuse(RequestHeaders(scope), receive, send, self._max_body)
+        if isinstance(body, int):
+            return body
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
         target = self.upstream_url + raw_path.decode("latin-1")
         if scope.get("query_string"):

@@ -9,7 +9,8 @@ ASGI on purpose: a framework router costs a large share of a cache hit's time.
 Errors: a client's mistake (bad JSON, wrong types, ``n`` out of range, a body over the limit,
 a wrong content type) is a 400/413 in SGLang's flat error shape and never reaches the cache or
 the upstream; an unreachable upstream is a 502, a timed-out one a 504; the upstream's own errors
-pass through with their status and body.
+pass through with their status and body. The trust boundaries, in order, are in
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from sglang_client.server._admin import AdminRoutes
 from sglang_client.server._asgi import (
     JSON_TYPE,
     BodyTimeout,
-    BodyTooLarge,
-    ClientGone,
     Message,
     Receive,
     RequestHeaders,
@@ -41,7 +40,7 @@ from sglang_client.server._asgi import (
     Send,
     dumps,
     error_body,
-    read_body,
+    read_or_refuse,
     replay,
     send_bytes,
     send_json,
@@ -239,7 +238,7 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": 200, "headers": response_headers})
         await send({"type": "http.response.body", "body": response})
         elapsed = time.perf_counter() - started
-        self.cached.record_hit(elapsed, hit.served)
+        self.cached.engine.record_hit(elapsed, hit.served)
         self.metrics.observe(path, "HIT", 200, elapsed)
         self._log(CacheStatus.HIT, path, started)
         return None
@@ -320,16 +319,9 @@ class ProxyApp:
                 f" (got '{headers.content_type}')."
             )
             return await self._reject(send, 400, message, "BadRequestError")
-        limit = self.config.max_body_bytes
-        try:
-            if headers.content_length is not None and headers.content_length > limit:
-                raise BodyTooLarge(headers.content_length)
-            raw = await read_body(receive, limit)
-        except BodyTooLarge:
-            message = f"The request body is larger than the proxy's limit of {limit} bytes."
-            return await self._reject(send, 413, message, "Request Entity Too Large")
-        except ClientGone:
-            return 499, "none"
+        raw = await read_or_refuse(headers, receive, send, self.config.max_body_bytes)
+        if isinstance(raw, int):
+            return raw, "rejected" if raw == 413 else "none"
         directives = headers.cache_control
         write = "no-store" not in directives
         read = write and "no-cache" not in directives
@@ -339,7 +331,7 @@ class ProxyApp:
             if hit is not None:
                 response, response_headers = hit.render()
                 await send_bytes(send, 200, response, response_headers, complete=True)
-                self.cached.record_hit(time.perf_counter() - started, hit.served)
+                self.cached.engine.record_hit(time.perf_counter() - started, hit.served)
                 self._log(CacheStatus.HIT, path, started)
                 return 200, "HIT"
         body, error = parse_json(raw)
@@ -463,7 +455,7 @@ class ProxyApp:
             logger.warning("the cache store is not usable yet: %s", exc)
         with anyio.move_on_after(5):
             try:
-                await self.cached.model_identity()
+                await self.cached.engine.model_identity()
             except SGLangError as exc:
                 logger.warning("the upstream is not reachable yet: %s", exc)
 

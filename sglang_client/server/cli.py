@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
+from sglang_client.cache.engine import DEFAULT_CACHE_PATH
 from sglang_client.cache.stores._sqlite_schema import database_path, not_a_cache_file, private_dirs
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["UVICORN_OPTIONS", "build_store", "main"]
 
-DEFAULT_CACHE_PATH = "~/.sglang_cache"
 DEFAULT_REDIS_PREFIX = "sglang-cache:"
 UVICORN_OPTIONS: dict[str, Any] = {
     # uvloop and httptools when installed (uvicorn[standard]); one worker, since one process

@@ -1,6 +1,6 @@
 """The fake SGLang server as a raw ASGI app: routing, auth, faults and the small routes.
 
-Every behaviour cites the protocol notes (``/work/shared/sglang-protocol.md`` §11 facts). The
+Every behaviour cites the protocol notes (``docs/sglang-protocol.md``, §11's facts). The
 generation routes live in ``_native`` (``/generate``) and ``_openai`` (``/v1/...``); the
 scheduler model (latency, aborts, radix cache, sessions) in ``_engine``.
 """

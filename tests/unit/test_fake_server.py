@@ -1,4 +1,4 @@
-"""The fake SGLang server reproduces sglang-protocol.md §11, one test per numbered fact.
+"""The fake SGLang server reproduces docs/sglang-protocol.md §11, one test per numbered fact.
 
 Facts 1-20 (native ``/generate`` and the small routes) are here; facts 21-27 (sessions, OpenAI
 routes, tokenizer routes) in ``test_fake_server_openai.py``; knobs, determinism, the tokenizer

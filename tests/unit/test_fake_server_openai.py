@@ -1,4 +1,4 @@
-"""Facts 21-27 of sglang-protocol.md §11: sessions, OpenAI routes, tokenizer routes.
+"""Facts 21-27 of docs/sglang-protocol.md §11: sessions, OpenAI routes, tokenizer routes.
 
 Also checks that the official ``openai`` SDK parses the fake server's responses.
 """

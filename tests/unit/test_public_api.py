@@ -1,4 +1,4 @@
-"""The import surface is the contract: DESIGN.md's names exist and are re-exported cleanly."""
+"""The import surface is the contract: the public names exist and are re-exported cleanly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""The plumbing under the cache engine: store access that degrades, locks, counters, stats."""
+"""``CacheEngine``: the cache behind ``CachedClient`` and the proxy, on SGLang's raw JSON bodies.
+
+It owns the store and the bookkeeping (store access that degrades to a miss, per-key locks that
+coalesce identical requests, counters, stats); what each route does is in ``native.py``
+(``/generate``) and ``openai_routes.py`` (chat, completions), and what a request keys and needs
+in ``plan.py``. See docs/architecture.md.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +14,57 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sglang_client._defaults import NOT_GIVEN, NotGiven
+from sglang_client.cache import native, openai_routes
 from sglang_client.cache._singleflight import KeyedLocks
 from sglang_client.cache.keys import tenant_of
 from sglang_client.cache.plan import RequestPlan, plan
+from sglang_client.cache.results import CachedResult, CachedStream
 from sglang_client.cache.stats import CacheStats, CacheStatus, Counters
 from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
 
 if TYPE_CHECKING:
+    from sglang_client._http import TimeoutTypes
     from sglang_client.client import SGLangClient
 
-__all__ = ["DEFAULT_CACHE_PATH", "EngineCore"]
+__all__ = ["DEFAULT_CACHE_PATH", "CacheEngine", "Upstream"]
 
 logger = logging.getLogger("sglang_client.cache")
-_E = TypeVar("_E", bound="EngineCore")
+_E = TypeVar("_E", bound="CacheEngine")
 
 JSON = dict[str, Any]
-# The trailing slash makes SQLiteStore treat it as a directory: ~/.sglang_cache/cache.db.
-DEFAULT_CACHE_PATH = "~/.sglang_cache/"
+# A directory holding cache.db (see database_path); sglang-cached's --cache-path default too.
+DEFAULT_CACHE_PATH = "~/.sglang_cache"
 
 
-class EngineCore:
-    """What every cached route shares: the client, the store and the bookkeeping."""
+class Upstream:
+    """The upstream client, with one call's timeout on every request it sends for that call."""
+
+    __slots__ = ("client", "timeout")
+
+    def __init__(self, client: SGLangClient, timeout: TimeoutTypes | NotGiven) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    async def request_json(self, method: str, path: str, body: object) -> Any:
+        """``client.request_json`` with this call's timeout."""
+        return await self.client.request_json(method, path, body, timeout=self.timeout)
+
+    def stream_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        """``client.stream_json`` with this call's timeout."""
+        return self.client.stream_json(path, body, timeout=self.timeout)
+
+
+class CacheEngine:
+    """Serve raw SGLang request bodies through the cache.
+
+    Args:
+        client: the upstream client.
+        store: where completions live; default ``SQLiteStore("~/.sglang_cache")``.
+        namespace: the model identity in keys; default: the upstream's served model name
+            (``/model_info``, fetched once).
+        isolate_by_key: keep this client's own calls apart from other API keys' (``tenant``).
+    """
 
     def __init__(
         self,
@@ -55,7 +91,8 @@ class EngineCore:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _model_identity(self) -> str:
+    async def model_identity(self) -> str:
+        """The model identity in keys; fetches the upstream's ``/model_info`` the first time."""
         if self._model is None:
             info = await self.client.get_model_info()
             self._model = info.served_model_name or info.model_path
@@ -89,7 +126,8 @@ class EngineCore:
             self._store_failed(exc, "read")
             return None
 
-    async def _append(self, key: str, completions: list[JSON], request: JSON) -> None:
+    async def append(self, key: str, completions: list[JSON], request: JSON) -> None:
+        """Store new completions under ``key`` (a failing store is counted, not raised)."""
         if not completions:
             return
         try:
@@ -99,7 +137,7 @@ class EngineCore:
         else:
             self._store_wrote()
 
-    async def _lock(self, stack: AsyncExitStack, keys: Sequence[str]) -> None:
+    async def lock(self, stack: AsyncExitStack, keys: Sequence[str]) -> None:
         """Coalesce: this process's per-key locks, then the store's (cross-process for Redis)."""
         await stack.enter_async_context(self._locks.hold(keys))
         if not self._shared_store:
@@ -110,12 +148,9 @@ class EngineCore:
             except StoreError as exc:
                 self._store_failed(exc, "lock")
 
-    def _record(self, status: CacheStatus, started: float, cached: int, generated: int) -> None:
+    def record(self, status: CacheStatus, started: float, cached: int, generated: int) -> None:
+        """Count one served request."""
         self._counters.record(status, time.perf_counter() - started, cached, generated)
-
-    async def model_identity(self) -> str:
-        """The model identity in keys; fetches the upstream's ``/model_info`` the first time."""
-        return await self._model_identity()
 
     @property
     def counters(self) -> Counters:
@@ -144,12 +179,77 @@ class EngineCore:
         """Count a hit served by a layer above the engine (it reads the same entries)."""
         self._counters.record(CacheStatus.HIT, seconds, served, 0)
 
-    async def _read_all(self, keys: Sequence[str], need: Sequence[int]) -> list[list[JSON]]:
+    async def read_all(self, keys: Sequence[str], need: Sequence[int]) -> list[list[JSON]]:
+        """Up to ``need[i]`` stored completions of each key (none where the store fails)."""
         out = []
         for key, k in zip(keys, need, strict=True):
             entry = await self._get(key, k)
             out.append(entry.completions[:k] if entry is not None else [])
         return out
+
+    def upstream(self, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Upstream:
+        """The upstream client for one call (``timeout``: that call's)."""
+        return Upstream(self.client, timeout)
+
+    # ------------------------------------------------------------------ the cached routes
+
+    async def generate_json(
+        self,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedResult:
+        """A raw ``/generate`` body (non-streaming) through the cache (see ``native``)."""
+        return await native.generate_json(
+            self, body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
+
+    async def generate_stream_json(
+        self,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedStream:
+        """A raw streaming ``/generate`` body through the cache (see ``native``)."""
+        return await native.generate_stream_json(
+            self, body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
+
+    async def openai_json(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedResult:
+        """A raw chat or completions body (non-streaming) through the cache."""
+        return await openai_routes.openai_json(
+            self, path, body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
+
+    async def openai_stream_json(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+        tenant: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> CachedStream:
+        """A raw streaming chat or completions body through the cache."""
+        return await openai_routes.openai_stream_json(
+            self, path, body, read=read, write=write, tenant=tenant, timeout=timeout
+        )
 
     # ------------------------------------------------------------------ cache management
 

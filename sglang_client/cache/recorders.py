@@ -1,73 +1,18 @@
-"""What the cache engine keeps while serving: results, stream recorders, the greedy fan-out."""
+"""Stream recorders: whole completions rebuilt from SGLang's streams, and the greedy fan-out."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from sglang_client.cache.records import all_finished
-from sglang_client.cache.stats import CacheStatus
 from sglang_client.errors import StreamError
 from sglang_client.streaming import DeltaTracker
 
-__all__ = [
-    "CachedResult",
-    "CachedStream",
-    "GreedyFanOut",
-    "OpenAIRecorder",
-    "StreamRecorder",
-    "iterate",
-    "with_n",
-    "without_stream",
-]
+__all__ = ["GreedyFanOut", "OpenAIRecorder", "StreamRecorder"]
 
 JSON = dict[str, Any]
-
-
-@dataclass
-class CachedResult:
-    """A raw response and how the cache served it."""
-
-    body: Any
-    status: CacheStatus
-    from_cache: int = 0
-    generated: int = 0
-
-
-class CachedStream:
-    """Raw stream events plus the cache status, known before the first event."""
-
-    def __init__(self, status: CacheStatus, events: AsyncIterator[JSON]) -> None:
-        self.status = status
-        self._events = events
-
-    def __aiter__(self) -> AsyncIterator[JSON]:
-        return self._events
-
-    async def aclose(self) -> None:
-        """Stop the stream (nothing partial is stored)."""
-        aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-def without_stream(body: Mapping[str, Any]) -> JSON:
-    return {k: v for k, v in body.items() if k != "stream"}
-
-
-def with_n(body: Mapping[str, Any], k: int) -> JSON:
-    """``body`` asking the upstream for ``k`` choices (no ``n`` at all for one)."""
-    out = {key: value for key, value in body.items() if key != "n"}
-    if k != 1:
-        out["n"] = k
-    return out
-
-
-async def iterate(events: list[JSON]) -> AsyncIterator[JSON]:
-    for event in events:
-        yield event
 
 
 class StreamRecorder:
