@@ -19,7 +19,6 @@ from sglang_client.cache import native, openai_routes
 from sglang_client.cache._singleflight import KeyedLocks
 from sglang_client.cache.keys import tenant_of
 from sglang_client.cache.plan import RequestPlan, plan
-from sglang_client.cache.results import CachedResult, CachedStream
 from sglang_client.cache.stats import CacheStats, CacheStatus, Counters
 from sglang_client.cache.stores.base import CacheEntry, CacheStore, StoreError
 
@@ -192,64 +191,13 @@ class CacheEngine:
         return Upstream(self.client, timeout)
 
     # ------------------------------------------------------------------ the cached routes
+    # Each is its route module's function, bound here as a method (the engine is its first
+    # argument): one definition, in the module its name suggests.
 
-    async def generate_json(
-        self,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedResult:
-        """A raw ``/generate`` body (non-streaming) through the cache (see ``native``)."""
-        return await native.generate_json(
-            self, body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
-
-    async def generate_stream_json(
-        self,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedStream:
-        """A raw streaming ``/generate`` body through the cache (see ``native``)."""
-        return await native.generate_stream_json(
-            self, body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
-
-    async def openai_json(
-        self,
-        path: str,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedResult:
-        """A raw chat or completions body (non-streaming) through the cache."""
-        return await openai_routes.openai_json(
-            self, path, body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
-
-    async def openai_stream_json(
-        self,
-        path: str,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedStream:
-        """A raw streaming chat or completions body through the cache."""
-        return await openai_routes.openai_stream_json(
-            self, path, body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
+    generate_json = native.generate_json
+    generate_stream_json = native.generate_stream_json
+    openai_json = openai_routes.openai_json
+    openai_stream_json = openai_routes.openai_stream_json
 
     # ------------------------------------------------------------------ cache management
 

@@ -78,7 +78,15 @@ class CachedClient:
         namespace: str | None = None,
         isolate_by_key: bool = False,
     ) -> None:
-        self.engine = CacheEngine(client, store, namespace=namespace, isolate_by_key=isolate_by_key)
+        engine = CacheEngine(client, store, namespace=namespace, isolate_by_key=isolate_by_key)
+        self.engine = engine
+        # The raw-body routes (SGLang's JSON in, ``CachedResult``/``CachedStream`` out; the
+        # proxy serves them) are the engine's own: one definition each, in native.py and
+        # openai_routes.py, taking ``read``/``write`` (Cache-Control), ``tenant``, ``timeout``.
+        self.generate_json = engine.generate_json
+        self.generate_stream_json = engine.generate_stream_json
+        self.openai_json = engine.openai_json
+        self.openai_stream_json = engine.openai_stream_json
 
     # ------------------------------------------------------------------ the cache itself
 
@@ -129,70 +137,6 @@ class CachedClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    # ------------------------------------------------------------------ raw bodies
-
-    async def generate_json(
-        self,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedResult:
-        """A raw ``/generate`` body (non-streaming) through the cache, answered raw.
-
-        ``read``/``write``: use and fill the cache (``Cache-Control: no-cache``/``no-store``);
-        ``tenant``: the cache namespace (``None``: the shared one).
-        """
-        return await self.engine.generate_json(
-            body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
-
-    async def generate_stream_json(
-        self,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedStream:
-        """A raw streaming ``/generate`` body: replayed, passed through and recorded, or both."""
-        return await self.engine.generate_stream_json(
-            body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
-
-    async def openai_json(
-        self,
-        path: str,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedResult:
-        """A raw ``/v1/chat/completions`` or ``/v1/completions`` body (non-streaming)."""
-        return await self.engine.openai_json(
-            path, body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
-
-    async def openai_stream_json(
-        self,
-        path: str,
-        body: Mapping[str, Any],
-        *,
-        read: bool = True,
-        write: bool = True,
-        tenant: str | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> CachedStream:
-        """A raw streaming chat or completions body through the cache."""
-        return await self.engine.openai_stream_json(
-            path, body, read=read, write=write, tenant=tenant, timeout=timeout
-        )
 
     # ------------------------------------------------------------------ SGLangClient's methods
 
