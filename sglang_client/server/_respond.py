@@ -61,10 +61,15 @@ async def upstream_failed(exc: SGLangError, send: Send, metrics: Metrics) -> tup
     return 502, "error"
 
 
-async def watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Cancel ``scope`` when the client hangs up: nothing is generated for nobody, nor stored."""
+async def client_left(receive: Receive) -> None:
+    """Return once the client hangs up (the one place that waits for ``http.disconnect``)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` when the client hangs up: nothing is generated for nobody, nor stored."""
+    await client_left(receive)
     scope.cancel()
 
 
@@ -79,8 +84,7 @@ async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T | None
     state = {"done": False, "gone": False}
 
     async def wait() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await client_left(receive)
         if not state["done"] and task is not None:
             state["gone"] = True
             task.cancel()
