@@ -59,10 +59,14 @@ def test_chat_logprobs_whole_and_streamed(target: str, sglang_url: str, proxy_ur
         client.close()
 
 
+# On the fake, greedy "Once upon 000020" generates EOS as its third and last allowed token.
+@pytest.mark.parametrize("fixed", [None, "Once upon 000020"], ids=["random", "eos-at-limit"])
 @pytest.mark.parametrize("target", ["server", "proxy"])
-def test_completions_logprobs_and_echo(target: str, sglang_url: str, proxy_url: str) -> None:
+def test_completions_logprobs_and_echo(
+    target: str, fixed: str | None, sglang_url: str, proxy_url: str
+) -> None:
     client = _client(sglang_url if target == "server" else proxy_url)
-    prompt = f"Once upon {uuid.uuid4().hex[:6]}"
+    prompt = fixed or f"Once upon {uuid.uuid4().hex[:6]}"
     try:
         done = client.completions.create(
             model="default", prompt=prompt, max_tokens=3, temperature=0, logprobs=2
@@ -73,12 +77,11 @@ def test_completions_logprobs_and_echo(target: str, sglang_url: str, proxy_url: 
         assert len(logprobs.tokens) == len(logprobs.token_logprobs) == n
         assert len(logprobs.top_logprobs) == n and all(len(t) <= 2 for t in logprobs.top_logprobs)
         text, tokens = done.choices[0].text, logprobs.tokens
-        if done.choices[0].finish_reason == "stop":
-            # Greedy on a random prompt may end on EOS within 3 tokens: the EOS token has a
-            # logprob entry (it was generated) but no text, as in SGLang.
+        if "".join(tokens) != text:
+            # Greedy may end on EOS within 3 tokens, finishing "stop", or "length" when EOS was
+            # the last allowed token (SGLang checks the length first): the EOS token has a
+            # logprob entry (it was generated) but no text.
             assert "".join(tokens[:-1]) == text
-        else:
-            assert "".join(tokens) == text
         echoed = client.completions.create(
             model="default", prompt=prompt, max_tokens=2, temperature=0, echo=True
         )
